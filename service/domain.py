@@ -79,7 +79,7 @@ class StatusPatch:
 
     @classmethod
     def from_fields(cls, body: dict[str, Any]) -> StatusPatch:
-        """Validate the `presence`/`text`/`avatar` fields of `body` (other keys checked by caller)."""
+        """Validate the `presence`, `text` and `avatar` of `body`; the caller checks other keys."""
         presence = validate_presence(body["presence"]) if "presence" in body else None
         text = validate_text(body["text"]) if "text" in body else None
         has_avatar = "avatar" in body

@@ -58,7 +58,18 @@ def dead_letters(shard: int) -> str:
 class UserKeys:
     """The keys of one user, all in the user's shard slot."""
 
-    __slots__ = ("due", "events", "interest", "list", "rate", "sessions", "shard", "status", "user")
+    __slots__ = (
+        "due",
+        "events",
+        "interest",
+        "list",
+        "list_version",
+        "rate",
+        "sessions",
+        "shard",
+        "status",
+        "user",
+    )
 
     def __init__(self, user: str, shards: int) -> None:
         self.user = user
@@ -68,6 +79,7 @@ class UserKeys:
         self.sessions = f"{tag}:ss:{user}"
         self.interest = f"{tag}:in:{user}"
         self.list = f"{tag}:ls:{user}"
+        self.list_version = f"{tag}:lv:{user}"
         self.rate = f"{tag}:rl:{user}"
         self.events = events_stream(self.shard)
         self.due = due_offline(self.shard)

@@ -1,0 +1,362 @@
+"""The node's runtime: local sessions, who watches whom here, and delivery from the inbox.
+
+The node keeps the latest item of every subject its sessions watch. Every item it
+accepts is newer than the one it had, and it goes to every local watcher at once, so
+each session sees a subject's versions only increase. Snapshots come from that cache;
+subjects new to the node are read from Redis after their interest is registered, so no
+change can fall between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode
+
+from service import keys, metrics
+from service.config import Settings
+from service.domain import unseen_item
+from service.events import InboxBatch, ListChange
+from service.node.interest import InterestRegistry
+from service.node.session import CachedItem, Session
+from service.presence import PresenceStore, now_ms
+from service.protocol import list_frame, snapshot_frame
+from service.redis_conn import REDIS_DOWN
+
+log = logging.getLogger(__name__)
+
+INBOX_BLOCK_MS = 2000
+INBOX_COUNT = 100
+CLOSE_NODE_RESTARTING = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class Hub:
+    def __init__(self, settings: Settings, store: PresenceStore, blocking_redis: Any) -> None:
+        self.settings = settings
+        self.node = settings.node_id
+        self.store = store
+        self.redis = store.redis
+        self.blocking_redis = blocking_redis
+        self.sessions: dict[str, Session] = {}
+        self.own: dict[str, set[Session]] = {}
+        self.watchers: dict[str, set[Session]] = {}
+        self.latest: dict[str, CachedItem] = {}
+        self.interest = InterestRegistry(self.redis, self.node, lambda u: store.keys(u).interest)
+        self.epoch: str | None = None
+        self.draining = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._inbox_id = "0-0"
+
+    # ----- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._heartbeat_once()
+        self.interest.start()
+        for name, coro in (
+            ("inbox", self._inbox_loop()),
+            ("heartbeat", self._heartbeat_loop()),
+            ("slow-clients", self._slow_client_loop()),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"hub-{name}"))
+
+    async def stop(self) -> None:
+        """Close every session with 1012, hand presence over with the grace, deregister."""
+        if self.draining:
+            return
+        self.draining = True
+        sessions = list(self.sessions.values())
+        await asyncio.gather(
+            *(self._close_ws(s, CLOSE_NODE_RESTARTING, b"node restarting") for s in sessions),
+            return_exceptions=True,
+        )
+        await asyncio.gather(*(self.close(s) for s in sessions), return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.interest.stop()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for subject in list(self.watchers):
+                    pipe.srem(self.store.keys(subject).interest, self.node)
+                pipe.zrem(keys.NODES, self.node)
+                pipe.delete(
+                    keys.node_inbox(self.node),
+                    keys.node_sessions(self.node),
+                    keys.node_interest(self.node),
+                )
+                await pipe.execute()
+        except REDIS_DOWN as exc:
+            log.warning("could not deregister node %s: %s (the reaper will)", self.node, exc)
+
+    # ----- sessions --------------------------------------------------------------------
+
+    def new_session_id(self) -> str:
+        return uuid.uuid4().hex[:16]
+
+    async def open(self, session: Session) -> None:
+        """Register the session, load its list, and queue its snapshot."""
+        started = time.perf_counter()
+        self.sessions[session.id] = session
+        self.own.setdefault(session.user, set()).add(session)
+        metrics.SESSIONS_OPEN.inc()
+        metrics.CONNECTS.inc()
+        await self.store.open_session(session.user, session.id, self.node)
+        if session.closed:
+            return
+        buddies = await self.store.load_list(session.user)
+        if session.closed:
+            return
+        session.buddies = buddies
+        await self._watch(session, buddies)
+        if session.closed:
+            return
+        session.start(self._snapshot(session))
+        metrics.SNAPSHOT_LATENCY.observe(time.perf_counter() - started)
+        session.loading = False
+        backlog, session.list_backlog = session.list_backlog, []
+        for change in backlog:
+            await self.apply_list_change(session, change)
+
+    async def close(self, session: Session) -> None:
+        """Forget the session; its user's last session schedules offline after the grace."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        metrics.SESSIONS_OPEN.dec()
+        session.closed = True
+        await session.stop_writer()
+        mine = self.own.get(session.user)
+        if mine is not None:
+            mine.discard(session)
+            if not mine:
+                del self.own[session.user]
+        self._unwatch(session, session.buddies)
+        try:
+            await self.store.close_session(
+                session.user, session.id, self.node, self.settings.offline_grace_s
+            )
+        except REDIS_DOWN as exc:
+            # The reaper closes it once this node's registration is found stale.
+            log.warning("could not deregister session: %s", exc)
+
+    async def resync(self, session: Session) -> None:
+        async with session.list_lock:
+            await self._watch(session, [])
+            session.pending.clear()
+            if not session.push_control(self._snapshot(session)):
+                await self.close_slow(session)
+
+    def _snapshot(self, session: Session) -> bytes:
+        parts = []
+        for subject in sorted(session.buddies):
+            cached = self.latest.get(subject)
+            parts.append(cached.data if cached else orjson.dumps(unseen_item(subject)))
+        return snapshot_frame(parts)
+
+    async def _watch(self, session: Session, subjects: Iterable[str]) -> None:
+        subjects = list(subjects)
+        new = []
+        for subject in subjects:
+            watching = self.watchers.get(subject)
+            if watching is None:
+                watching = self.watchers[subject] = set()
+                new.append(subject)
+            watching.add(session)
+        if new:
+            await self.interest.add(new)
+        need = [s for s in session.buddies if s not in self.latest and s in self.watchers]
+        if need:
+            statuses = await self.store.read_statuses(need)
+            for subject in need:
+                status = statuses.get(subject)
+                self.offer(status.watcher_item() if status else unseen_item(subject))
+
+    def _unwatch(self, session: Session, subjects: Iterable[str]) -> None:
+        dropped = []
+        for subject in subjects:
+            watching = self.watchers.get(subject)
+            if watching is None:
+                continue
+            watching.discard(session)
+            if not watching:
+                del self.watchers[subject]
+                self.latest.pop(subject, None)
+                dropped.append(subject)
+        if dropped:
+            self.interest.remove(dropped)
+
+    # ----- delivery --------------------------------------------------------------------
+
+    def offer(self, item: dict[str, Any]) -> None:
+        """Accept an item if it is newer than the node's, and queue it to every local watcher."""
+        subject = item["user"]
+        watching = self.watchers.get(subject)
+        if not watching:
+            return
+        cached = self.latest.get(subject)
+        if cached is not None and item["version"] <= cached.version:
+            return
+        cached = CachedItem(item, orjson.dumps(item))
+        self.latest[subject] = cached
+        for session in watching:
+            session.push_status(subject, cached)
+
+    def deliver(self, batch: InboxBatch) -> None:
+        for item in batch.items:
+            self.offer(item)
+        for change in batch.lists:
+            for session in list(self.own.get(change.owner, ())):
+                if session.loading:
+                    session.list_backlog.append(change)
+                else:
+                    self._spawn(self._apply_locked(session, change))
+        for user in batch.deleted:
+            for session in list(self.own.get(user, ())):
+                self._spawn(self._close_ws(session, 1000, b"user deleted"))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _apply_locked(self, session: Session, change: ListChange) -> None:
+        try:
+            await self.apply_list_change(session, change)
+        except REDIS_DOWN as exc:
+            log.warning("list change not applied to a session; closing it: %s", exc)
+            await self._close_ws(session, CLOSE_TRY_AGAIN_LATER, b"try again")
+
+    async def apply_list_change(self, session: Session, change: ListChange) -> None:
+        """Apply a list edit to one session and send it a `list` frame if anything changed."""
+        async with session.list_lock:
+            if session.closed:
+                return
+            added = [s for s in change.added if s not in session.buddies]
+            removed = [s for s in change.removed if s in session.buddies]
+            if not added and not removed:
+                return
+            for subject in removed:
+                gone = change.gone.get(subject)
+                if gone is not None:
+                    self.offer(gone)
+            session.buddies.difference_update(removed)
+            self._unwatch(session, removed)
+            session.buddies.update(added)
+            await self._watch(session, added)
+            if session.closed:
+                return
+            for subject in added:
+                session.pending.pop(subject, None)
+            items = []
+            for subject in added:
+                cached = self.latest.get(subject)
+                items.append(cached.data if cached else orjson.dumps(unseen_item(subject)))
+            if not session.push_control(list_frame(items, removed)):
+                await self.close_slow(session)
+
+    async def _inbox_loop(self) -> None:
+        inbox = keys.node_inbox(self.node)
+        backoff = 0.1
+        read_since_trim = 0
+        while True:
+            try:
+                response = await self.blocking_redis.xread(
+                    {inbox: self._inbox_id}, count=INBOX_COUNT, block=INBOX_BLOCK_MS
+                )
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("inbox read failed: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for _stream, entries in response or ():
+                for entry_id, fields in entries:
+                    self._inbox_id = entry_id
+                    read_since_trim += 1
+                    sent_ms = int(entry_id.split("-", 1)[0])
+                    metrics.INBOX_LAG.observe(max(0.0, (now_ms() - sent_ms) / 1000))
+                    try:
+                        batch = InboxBatch.decode(fields["b"])
+                    except (KeyError, ValueError, TypeError) as exc:
+                        log.error("malformed inbox entry %s dropped: %s", entry_id, exc)
+                        continue
+                    self.deliver(batch)
+            if read_since_trim >= 1000:
+                read_since_trim = 0
+                with contextlib.suppress(*REDIS_DOWN):
+                    await self.redis.xtrim(inbox, minid=self._inbox_id)
+
+    # ----- liveness --------------------------------------------------------------------
+
+    async def _heartbeat_once(self) -> None:
+        await self.redis.zadd(keys.NODES, {self.node: now_ms()})
+        epoch = await self.redis.get(keys.EPOCH)
+        if epoch is None:
+            await self.redis.set(keys.EPOCH, uuid.uuid4().hex, nx=True)
+            epoch = await self.redis.get(keys.EPOCH)
+        if self.epoch is None:
+            self.epoch = epoch
+        elif epoch != self.epoch:
+            log.warning("Redis lost its data (epoch changed): registering sessions again")
+            self.epoch = epoch
+            await self._reregister()
+
+    async def _reregister(self) -> None:
+        self._inbox_id = "0-0"
+        self.latest.clear()
+        await self.interest.reregister(list(self.watchers))
+        for session in list(self.sessions.values()):
+            await self.store.open_session(session.user, session.id, self.node)
+        subjects = list(self.watchers)
+        for start in range(0, len(subjects), 500):
+            chunk = subjects[start : start + 500]
+            statuses = await self.store.read_statuses(chunk)
+            for subject in chunk:
+                status = statuses.get(subject)
+                self.offer(status.watcher_item() if status else unseen_item(subject))
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.2, min(1.0, self.settings.node_ttl_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _slow_client_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.stalled_for(now) > self.settings.slow_client_s:
+                    await self.close_slow(session)
+
+    async def close_slow(self, session: Session) -> None:
+        metrics.SLOW_CLIENT_CLOSES.inc()
+        await self._close_ws(session, CLOSE_TRY_AGAIN_LATER, b"too slow: reconnect")
+
+    async def _close_ws(self, session: Session, code: int, message: bytes) -> None:
+        """Close the socket, and abort it when the client does not let the close through."""
+        await session.stop_writer()
+        try:
+            await asyncio.wait_for(session.ws.close(code=code, message=message), timeout=2.0)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            transport = session.ws._req.transport if session.ws._req is not None else None
+            if transport is not None:
+                transport.abort()
+
+
+__all__ = ["CLOSE_NODE_RESTARTING", "CLOSE_TRY_AGAIN_LATER", "Hub", "WSCloseCode"]

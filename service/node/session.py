@@ -1,0 +1,145 @@
+"""One WebSocket session: its list, and a bounded outbox drained by its own writer task.
+
+The fan-out path never awaits a socket: it drops items into the outbox, where a newer
+item of a subject replaces an unsent older one, and the writer sends what is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from service import metrics
+from service.protocol import status_frame
+
+MAX_CONTROL_BYTES = 1 << 20
+"""Queued non-status frames (acks, list frames) beyond this mean the client is not reading."""
+
+
+class CachedItem:
+    """A subject's latest item on this node, encoded once."""
+
+    __slots__ = ("data", "frame", "item", "updated_at", "version")
+
+    def __init__(self, item: dict[str, Any], data: bytes) -> None:
+        self.item = item
+        self.version: int = item["version"]
+        self.updated_at: int = item["updated_at"]
+        self.data = data
+        self.frame = status_frame((data,))
+
+
+class Session:
+    __slots__ = (
+        "_wake",
+        "buddies",
+        "closed",
+        "control",
+        "control_bytes",
+        "id",
+        "list_backlog",
+        "list_lock",
+        "loading",
+        "pending",
+        "ready",
+        "sending_since",
+        "user",
+        "writer",
+        "ws",
+    )
+
+    def __init__(self, session_id: str, user: str, ws: web.WebSocketResponse) -> None:
+        self.id = session_id
+        self.user = user
+        self.ws = ws
+        self.buddies: set[str] = set()
+        self.pending: dict[str, CachedItem] = {}
+        self.control: deque[bytes] = deque()
+        self.control_bytes = 0
+        self.ready = False
+        self.loading = True
+        self.closed = False
+        self.list_backlog: list[Any] = []
+        self.list_lock = asyncio.Lock()
+        self.sending_since: float | None = None
+        self._wake = asyncio.Event()
+        self.writer: asyncio.Task[None] | None = None
+
+    def push_status(self, subject: str, cached: CachedItem) -> None:
+        """Queue `subject`'s latest item, replacing an unsent older one."""
+        if subject in self.pending:
+            metrics.OUTBOX_COALESCED.inc()
+        self.pending[subject] = cached
+        if self.ready:
+            self._wake.set()
+
+    def push_control(self, frame: bytes) -> bool:
+        """Queue a frame after every status queued before it; False when over the bound."""
+        if self.pending and self.ready:
+            self._flush_pending_to_control()
+        self.control.append(frame)
+        self.control_bytes += len(frame)
+        self._wake.set()
+        return self.control_bytes <= MAX_CONTROL_BYTES
+
+    def start(self, snapshot: bytes) -> None:
+        """Queue the snapshot ahead of everything and start the writer."""
+        # Every pending item is at or below the snapshot's versions: drop them.
+        self.pending.clear()
+        self.control.appendleft(snapshot)
+        self.control_bytes += len(snapshot)
+        self.ready = True
+        self._wake.set()
+        self.writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+
+    def _flush_pending_to_control(self) -> None:
+        frame = self._take_pending()
+        self.control.append(frame)
+        self.control_bytes += len(frame)
+
+    def _take_pending(self) -> bytes:
+        items = self.pending
+        self.pending = {}
+        if len(items) == 1:
+            (cached,) = items.values()
+            frame = cached.frame
+        else:
+            frame = status_frame(c.data for c in items.values())
+        now = time.time()
+        for cached in items.values():
+            metrics.PROPAGATION.observe(max(0.0, now - cached.updated_at / 1000))
+        metrics.DELIVERIES.inc(len(items))
+        return frame
+
+    async def _write_loop(self) -> None:
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self.closed and (self.control or self.pending):
+                if self.control:
+                    frame = self.control.popleft()
+                    self.control_bytes -= len(frame)
+                else:
+                    frame = self._take_pending()
+                self.sending_since = time.monotonic()
+                try:
+                    await self.ws.send_frame(frame, WSMsgType.TEXT)
+                except (ConnectionError, RuntimeError):
+                    self.closed = True
+                    return
+                finally:
+                    self.sending_since = None
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the writer has been stuck on one send (0 when it is not)."""
+        return 0.0 if self.sending_since is None else now - self.sending_since
+
+    async def stop_writer(self) -> None:
+        self.closed = True
+        if self.writer is not None and self.writer is not asyncio.current_task():
+            self.writer.cancel()
+            await asyncio.gather(self.writer, return_exceptions=True)

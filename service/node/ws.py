@@ -1,0 +1,155 @@
+"""`GET /v1/ws`: authentication before the upgrade, then the session's frame loop."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from service import metrics
+from service.auth import bearer, verify_token
+from service.errors import BuddycastError, RateLimited, TooLarge, Unauthorized, Unavailable
+from service.node.context import HUB, SETTINGS, ip_limiter
+from service.node.hub import Hub
+from service.node.session import Session
+from service.protocol import (
+    MAX_CLIENT_FRAME_BYTES,
+    ClientFrame,
+    FrameError,
+    ack_frame,
+    decode_client_frame,
+    error_frame,
+    hello_frame,
+    pong_frame,
+)
+from service.redis_conn import REDIS_DOWN
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE: tuple[type[Exception], ...] = (*REDIS_DOWN, Unavailable)
+ABUSE_LIMIT = 20
+ABUSE_WINDOW_S = 10.0
+
+
+def _refuse(error: BuddycastError) -> web.Response:
+    metrics.ERRORS.labels(code=error.code).inc()
+    return web.json_response(
+        {"code": error.code, "message": error.message}, status=error.http_status
+    )
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
+    if hub.draining:
+        return _refuse(Unavailable("node is restarting: connect again"))
+    origin = request.headers.get("Origin")
+    if settings.allowed_origins and origin and origin.rstrip("/") not in settings.allowed_origins:
+        return web.json_response(
+            {"code": "unauthorized", "message": "origin not allowed"}, status=403
+        )
+    if not ip_limiter(request.app).allow(request.remote or "?"):
+        return _refuse(RateLimited("too many connections from this address"))
+    token = request.query.get("token") or bearer(request.headers.get("Authorization"))
+    if not token:
+        return _refuse(Unauthorized("missing token: pass ?token= or Authorization: Bearer"))
+    try:
+        user = verify_token(token, settings.jwt_secret or "")
+    except Unauthorized as exc:
+        return _refuse(exc)
+    try:
+        if await hub.store.session_count(user) >= settings.max_sessions_per_user:
+            return _refuse(RateLimited("too many sessions for this user"))
+    except REDIS_DOWN:
+        return _refuse(Unavailable("presence store unavailable: try again"))
+
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat_s,
+        compress=False,
+        max_msg_size=MAX_CLIENT_FRAME_BYTES,
+        writer_limit=64 * 1024,
+        decode_text=False,
+    )
+    await ws.prepare(request)
+    session = Session(hub.new_session_id(), user, ws)
+    await ws.send_frame(
+        hello_frame(user, session.id, hub.node, settings.heartbeat_s), WSMsgType.TEXT
+    )
+    try:
+        try:
+            await hub.open(session)
+        except UNAVAILABLE as exc:
+            log.warning("session could not open: %s", exc)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"unavailable: try again")
+            return ws
+        await _frame_loop(hub, session, ws)
+    finally:
+        await hub.close(session)
+        metrics.DISCONNECTS.labels(code=str(ws.close_code or 1006)).inc()
+    return ws
+
+
+async def _frame_loop(hub: Hub, session: Session, ws: web.WebSocketResponse) -> None:
+    errors: deque[float] = deque()
+    requests = 0
+    async for message in ws:
+        if message.type == WSMsgType.TEXT:
+            try:
+                frame = decode_client_frame(message.data)
+                requests += 1
+                reply = await _handle(hub, session, frame, f"{session.id}:{requests}")
+            except FrameError as exc:
+                reply = error_frame(exc.ref, exc.code, exc.message)
+                metrics.ERRORS.labels(code=exc.code).inc()
+                if _abusive(errors):
+                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many errors")
+                    return
+            if reply is not None and not session.push_control(reply):
+                await hub.close_slow(session)
+                return
+        elif message.type == WSMsgType.BINARY:
+            session.push_control(error_frame(None, "bad_request", "binary frames are not accepted"))
+            metrics.ERRORS.labels(code="bad_request").inc()
+            if _abusive(errors):
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many errors")
+                return
+        elif message.type == WSMsgType.ERROR:
+            failure = ws.exception()
+            if failure is not None and "too big" in str(failure).lower():
+                metrics.ERRORS.labels(code=TooLarge.code).inc()
+            return
+
+
+def _abusive(errors: deque[float]) -> bool:
+    now = time.monotonic()
+    errors.append(now)
+    while errors and errors[0] < now - ABUSE_WINDOW_S:
+        errors.popleft()
+    return len(errors) > ABUSE_LIMIT
+
+
+async def _handle(hub: Hub, session: Session, frame: ClientFrame, request_id: str) -> bytes | None:
+    if frame.op == "ping":
+        return pong_frame(frame.ref)
+    if frame.op == "resync":
+        try:
+            await hub.resync(session)
+        except UNAVAILABLE:
+            return error_frame(frame.ref, "unavailable", "presence store unavailable: try again")
+        return None
+    if frame.patch is None:  # only set_status carries a patch
+        return error_frame(frame.ref, "internal", "unexpected frame")
+    try:
+        status = await hub.store.commit_status(
+            session.user, frame.patch, limited=True, request_id=request_id
+        )
+    except (RateLimited, Unavailable) as exc:
+        metrics.ERRORS.labels(code=exc.code).inc()
+        return error_frame(frame.ref, exc.code, exc.message)
+    except REDIS_DOWN:
+        metrics.ERRORS.labels(code="unavailable").inc()
+        return error_frame(frame.ref, "unavailable", "presence store unavailable: try again")
+    metrics.CHANGES_COMMITTED.labels(origin="ws").inc()
+    return ack_frame(frame.ref, status.own_item())

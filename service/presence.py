@@ -1,0 +1,232 @@
+"""Presence operations on one user's Redis slot, with SQL behind it as the source of truth.
+
+Shared by the node (sessions, `set_status`), the HTTP API and the worker (reaper). Every
+write is one Lua script in the user's slot; SQL is read only when Redis has no copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from service import keys
+from service.config import Settings
+from service.domain import Presence, Status, StatusPatch, unseen_item
+from service.errors import RateLimited, Unavailable
+from service.events import status_from_hash
+from service.scripts import Scripts
+from service.storage import Database
+
+log = logging.getLogger(__name__)
+
+RATE_PER_S = 5
+RATE_BURST = 10
+LIST_COPY_TTL_MS = 24 * 3600 * 1000
+_MAX_HYDRATE_ATTEMPTS = 3
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PresenceStore:
+    """One user's status, sessions and list in Redis; hydrated from SQL on demand."""
+
+    def __init__(self, redis: Any, db: Database, settings: Settings) -> None:
+        self.redis = redis
+        self.db = db
+        self.settings = settings
+        self.scripts = Scripts(redis)
+        self._keys = lru_cache(maxsize=65536)(self._make_keys)
+
+    def _make_keys(self, user: str) -> keys.UserKeys:
+        return keys.UserKeys(user, self.settings.shards)
+
+    def keys(self, user: str) -> keys.UserKeys:
+        return self._keys(user)
+
+    async def hydrate(self, users: Sequence[str]) -> None:
+        """Copy the SQL statuses of `users` into Redis where Redis has none."""
+        stored = await self.db.get_statuses(users)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                s = stored.get(user) or Status(user)
+                k = self.keys(user)
+                args = [s.presence.value, s.text, s.avatar or "", s.version, s.updated_at]
+                await self.scripts.hydrate(keys=[k.status, k.sessions], args=args, client=pipe)
+            await pipe.execute()
+
+    async def commit_status(
+        self, user: str, patch: StatusPatch, *, limited: bool, request_id: str | None = None
+    ) -> Status:
+        """Apply `patch` in one script (rate-limited for WebSocket clients); return the result."""
+        k = self.keys(user)
+        args = [
+            user,
+            0,
+            request_id or uuid.uuid4().hex,
+            RATE_PER_S if limited else 0,
+            RATE_BURST,
+            self.settings.stream_maxlen,
+            "1" if patch.presence is not None else "0",
+            patch.presence.value if patch.presence is not None else "",
+            "1" if patch.text is not None else "0",
+            patch.text or "",
+            "1" if patch.set_avatar else "0",
+            patch.avatar or "",
+        ]
+        for _ in range(_MAX_HYDRATE_ATTEMPTS):
+            args[1] = now_ms()
+            result = await self.scripts.set_status(keys=[k.status, k.events, k.rate], args=args)
+            code = int(result[0])
+            if code == 1:
+                await self.hydrate([user])
+                continue
+            if code == 2:
+                raise RateLimited(f"at most {RATE_PER_S} status changes per second")
+            _, presence, text, avatar, version, updated_at, on = result
+            return Status(
+                user=user,
+                presence=Presence(presence),
+                text=text or "",
+                avatar=avatar or None,
+                version=int(version),
+                updated_at=int(updated_at),
+                visible=on == "1",
+            )
+        raise Unavailable("status could not be loaded")
+
+    async def open_session(self, user: str, session: str, node: str) -> None:
+        """Register a session of `user` on `node`; the first one makes the user visible."""
+        k = self.keys(user)
+        for _ in range(_MAX_HYDRATE_ATTEMPTS):
+            missing = await self.scripts.session_open(
+                keys=[k.status, k.sessions, k.due, k.events],
+                args=[user, session, node, now_ms(), self.settings.stream_maxlen],
+            )
+            if not int(missing):
+                await self.redis.sadd(keys.node_sessions(node), f"{session} {user}")
+                return
+            await self.hydrate([user])
+        raise Unavailable("status could not be loaded")
+
+    async def close_session(self, user: str, session: str, node: str, grace_s: float) -> None:
+        """Deregister a session; the last one schedules `offline` after `grace_s`."""
+        k = self.keys(user)
+        due_at = now_ms() + int(grace_s * 1000)
+        await self.scripts.session_close(
+            keys=[k.status, k.sessions, k.due], args=[user, session, due_at]
+        )
+        await self.redis.srem(keys.node_sessions(node), f"{session} {user}")
+
+    async def session_count(self, user: str) -> int:
+        return int(await self.redis.hlen(self.keys(user).sessions))
+
+    async def offline_due(self, shard: int, limit: int = 500) -> int:
+        """Turn offline the shard's users whose grace ran out; return how many went offline."""
+        now = now_ms()
+        due = await self.redis.zrangebyscore(keys.due_offline(shard), "-inf", now, 0, limit)
+        if not due:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in due:
+                k = self.keys(user)
+                await self.scripts.offline_due(
+                    keys=[k.status, k.sessions, k.due, k.events],
+                    args=[user, now, self.settings.stream_maxlen],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return sum(int(r) for r in results)
+
+    async def load_list(self, owner: str) -> set[str]:
+        """The owner's buddies: the Redis copy, or SQL (then cached) when there is none."""
+        k = self.keys(owner)
+        members = await self.redis.smembers(k.list)
+        if keys.LIST_LOADED in members:
+            members.discard(keys.LIST_LOADED)
+            return set(members)
+        seen_version = await self.redis.get(k.list_version)
+        buddies = await self.db.get_list(owner)
+        await self.scripts.load_list(
+            keys=[k.list, k.list_version],
+            args=[seen_version or "", LIST_COPY_TTL_MS, *buddies],
+        )
+        return set(buddies)
+
+    async def change_list(
+        self,
+        owner: str,
+        added: Iterable[str] = (),
+        removed: Iterable[str] = (),
+        gone: dict[str, Any] | None = None,
+        client: Any = None,
+    ) -> None:
+        """Mirror a committed list edit in Redis and tell the owner's sessions."""
+        k = self.keys(owner)
+        await self.scripts.list_change(
+            keys=[k.list, k.list_version, k.sessions, k.events],
+            args=[
+                owner,
+                orjson.dumps(list(added)).decode(),
+                orjson.dumps(list(removed)).decode(),
+                orjson.dumps(gone or {}).decode(),
+                self.settings.stream_maxlen,
+            ],
+            client=client,
+        )
+
+    async def delete_user(self, user: str) -> dict[str, Any] | None:
+        """Drop the user's Redis state; return their final `offline` item (None if never seen)."""
+        k = self.keys(user)
+        gone, _nodes = await self.scripts.delete_user(
+            keys=[k.status, k.sessions, k.list, k.list_version, k.rate, k.due, k.events],
+            args=[user, now_ms(), self.settings.stream_maxlen],
+        )
+        if not gone:
+            return None
+        item: dict[str, Any] = orjson.loads(gone)
+        item["version"] = int(item["version"])
+        item["updated_at"] = int(item["updated_at"])
+        item["avatar"] = None
+        return item
+
+    async def read_statuses(self, users: Sequence[str]) -> dict[str, Status]:
+        """Current statuses from Redis; users Redis lacks are hydrated from SQL first."""
+        found = await self._read_redis(users)
+        missing = [u for u in users if u not in found]
+        if missing:
+            try:
+                await self.hydrate(missing)
+            except Unavailable:
+                # SQL down and Redis empty for these users: show them as never seen
+                # rather than failing the whole snapshot.
+                log.warning("database unavailable; %d statuses shown as unseen", len(missing))
+                return found
+            found.update(await self._read_redis(missing))
+        return found
+
+    async def _read_redis(self, users: Sequence[str]) -> dict[str, Status]:
+        if not users:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.hgetall(self.keys(user).status)
+            rows = await pipe.execute()
+        found: dict[str, Status] = {}
+        for user, row in zip(users, rows, strict=True):
+            status = status_from_hash(user, row)
+            if status is not None:
+                found[user] = status
+        return found
+
+    async def watcher_items(self, users: Sequence[str]) -> list[dict[str, Any]]:
+        """Watchers' view of `users`, in order; never-seen users read as offline, version 0."""
+        statuses = await self.read_statuses(users)
+        return [statuses[u].watcher_item() if u in statuses else unseen_item(u) for u in users]

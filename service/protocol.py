@@ -1,0 +1,112 @@
+"""The WebSocket wire format: client frames decoded and validated, server frames encoded.
+
+Every frame is a JSON text frame. Items are encoded once (`encode_item`) and spliced into
+frames as bytes, so one change is serialized once however many sessions receive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service.domain import StatusPatch
+from service.errors import BadRequest
+
+MAX_CLIENT_FRAME_BYTES = 8192
+MAX_REF_CHARS = 64
+
+_ALLOWED_FIELDS = {
+    "set_status": frozenset({"op", "ref", "presence", "text", "avatar"}),
+    "ping": frozenset({"op", "ref"}),
+    "resync": frozenset({"op", "ref"}),
+}
+
+
+class FrameError(BadRequest):
+    """A client frame was refused; `ref` is the request's ref when it was readable."""
+
+    def __init__(self, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFrame:
+    op: str
+    ref: str | None
+    patch: StatusPatch | None = None
+
+
+def decode_client_frame(data: bytes | str) -> ClientFrame:
+    """Parse and validate one client text frame; raise `FrameError` with the ref if known."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError("frame is not valid JSON") from exc
+    if not isinstance(message, dict):
+        raise FrameError("frame must be a JSON object")
+    ref = message.get("ref")
+    if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_CHARS):
+        raise FrameError(f"ref must be a string of at most {MAX_REF_CHARS} characters or null")
+    op = message.get("op")
+    if not isinstance(op, str) or op not in _ALLOWED_FIELDS:
+        raise FrameError("op must be one of set_status, ping, resync", ref)
+    unknown = message.keys() - _ALLOWED_FIELDS[op]
+    if unknown:
+        raise FrameError(f"unknown field {sorted(unknown)[0]!r} for {op}", ref)
+    if op != "set_status":
+        return ClientFrame(op, ref)
+    try:
+        patch = StatusPatch.from_fields(message)
+    except BadRequest as exc:
+        raise FrameError(exc.message, ref) from exc
+    return ClientFrame(op, ref, patch)
+
+
+def encode_item(item: dict[str, Any]) -> bytes:
+    return orjson.dumps(item)
+
+
+def _join(parts: Iterable[bytes]) -> bytes:
+    return b"[" + b",".join(parts) + b"]"
+
+
+def hello_frame(user: str, session: str, node: str, heartbeat_s: float) -> bytes:
+    hb: float | int = int(heartbeat_s) if float(heartbeat_s).is_integer() else heartbeat_s
+    return orjson.dumps(
+        {"type": "hello", "user": user, "session": session, "node": node, "heartbeat_s": hb}
+    )
+
+
+def snapshot_frame(encoded_items: Iterable[bytes]) -> bytes:
+    return b'{"type":"snapshot","items":' + _join(encoded_items) + b"}"
+
+
+def status_frame(encoded_items: Iterable[bytes]) -> bytes:
+    return b'{"type":"status","items":' + _join(encoded_items) + b"}"
+
+
+def list_frame(added: Iterable[bytes], removed: Iterable[str]) -> bytes:
+    return (
+        b'{"type":"list","added":' + _join(added) + b',"removed":' + orjson.dumps(list(removed))
+    ) + b"}"
+
+
+def ack_frame(ref: str | None, item: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": "ack", "ref": ref, "item": item})
+
+
+def pong_frame(ref: str | None) -> bytes:
+    return orjson.dumps({"type": "pong", "ref": ref})
+
+
+def error_frame(ref: str | None, code: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "ref": ref, "code": code, "message": message})
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The JSON body of an HTTP error."""
+    return orjson.dumps({"code": code, "message": message})

@@ -1,0 +1,51 @@
+"""Redis clients from `BUDDYCAST_REDIS_URL`: one Redis or a Redis Cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
+"""Exceptions that mean Redis is unreachable right now (answered as `unavailable`)."""
+
+COMMAND_TIMEOUT_S = 5.0
+
+
+def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
+    """A client for `url`; `socket_timeout_s` must exceed any BLOCK the client issues."""
+    parts = urlsplit(url)
+    # Few quick retries: a caller that still fails reports `unavailable` and lets the
+    # client retry, rather than stalling a request for the library's default minute.
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": 2.0,
+        "retry": retry,
+        "protocol": 2,
+    }
+    if parts.scheme.endswith("+cluster"):
+        seeds = []
+        for seed in parts.netloc.rsplit("@", 1)[-1].split(","):
+            host, _, port = seed.rpartition(":")
+            seeds.append(ClusterNode(host, int(port)))
+        return RedisCluster(
+            startup_nodes=seeds,
+            ssl=parts.scheme.startswith("rediss"),
+            password=parts.password,
+            username=parts.username,
+            **common,
+        )
+    return Redis.from_url(url, health_check_interval=10, **common)

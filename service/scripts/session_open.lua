@@ -1,0 +1,26 @@
+-- Register a session; the user's first session makes them visible to watchers.
+-- KEYS: status, sessions, due, events
+-- ARGV: user, session, node, now_ms, maxlen
+-- Returns 1 when the status hash is missing (hydrate first), else 0.
+local status, sessions, due, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local user, now = ARGV[1], tonumber(ARGV[4])
+if redis.call('EXISTS', status) == 0 then
+  return 1
+end
+redis.call('HSET', sessions, ARGV[2], ARGV[3])
+-- Back within the grace period: the pending offline is cancelled and watchers see nothing.
+if redis.call('ZREM', due, user) == 1 then
+  return 0
+end
+local s = redis.call('HMGET', status, 'p', 't', 'a', 'on')
+if s[4] == '1' then
+  return 0
+end
+redis.call('HSET', status, 'on', '1')
+if s[1] ~= 'invisible' then
+  local version = redis.call('HINCRBY', status, 'v', 1)
+  redis.call('HSET', status, 'ts', now)
+  redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*',
+    'k', 's', 'u', user, 'p', s[1], 't', s[2], 'a', s[3], 'v', version, 'ts', now, 'on', '1')
+end
+return 0

@@ -1,0 +1,52 @@
+"""The worker role: `fanout` and `persist` consumers for every shard, and the reaper."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service import keys
+from service.config import Settings
+from service.presence import PresenceStore
+from service.worker.consumer import BLOCK_MS, GroupConsumer
+from service.worker.fanout import Fanout
+from service.worker.persist import Persist
+from service.worker.reaper import Reaper
+
+
+class Worker:
+    """All worker loops of one process; `run()` until cancelled."""
+
+    def __init__(self, store: PresenceStore, blocking_redis: Any, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        fanout = Fanout(store, settings)
+        persist = Persist(store)
+        consumer = settings.node_id
+        self.consumers = [
+            GroupConsumer(
+                store.redis, blocking_redis, shard, group, consumer, handle,
+                settings.max_deliveries,
+            )
+            for shard in range(settings.shards)
+            for group, handle in (
+                (keys.FANOUT_GROUP, fanout.handle),
+                (keys.PERSIST_GROUP, persist.handle),
+            )
+        ]  # fmt: skip
+        self.reaper = Reaper(store, settings)
+
+    async def run(self) -> None:
+        for consumer in self.consumers:
+            await consumer.ensure_group()
+        tasks = [asyncio.create_task(c.run(), name=f"{c.group}-{c.shard}") for c in self.consumers]
+        tasks.append(asyncio.create_task(self.reaper.run(), name="reaper"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+BLOCKING_SOCKET_TIMEOUT_S = BLOCK_MS / 1000 + 5

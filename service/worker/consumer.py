@@ -1,0 +1,157 @@
+"""The consumer-group routine shared by `fanout` and `persist`.
+
+Create the group, read new entries, run the handler, ack after it succeeds. A failed
+batch stays pending and is retried from this consumer's pending list; entries left
+pending by a dead consumer are claimed after `claim_idle_ms`; an entry delivered more
+than `max_deliveries` times goes to the shard's dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from service import keys, metrics
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, dict[str, str]]
+Handler = Callable[[list[Entry]], Awaitable[None]]
+
+BLOCK_MS = 2000
+COUNT = 500
+CLAIM_IDLE_MS = 15_000
+CLAIM_EVERY_S = 5.0
+
+
+class GroupConsumer:
+    def __init__(
+        self,
+        redis: Any,
+        blocking_redis: Any,
+        shard: int,
+        group: str,
+        consumer: str,
+        handle: Handler,
+        max_deliveries: int,
+        claim_idle_ms: int = CLAIM_IDLE_MS,
+    ) -> None:
+        self.redis = redis
+        self.blocking_redis = blocking_redis
+        self.shard = shard
+        self.stream = keys.events_stream(shard)
+        self.group = group
+        self.consumer = consumer
+        self.handle = handle
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+        self._own_pending_first = True
+        self._next_claim = time.monotonic() + CLAIM_EVERY_S
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        """Consume until cancelled; errors are logged once and retried with a capped backoff."""
+        backoff = 0.1
+        group_ready = False
+        while True:
+            try:
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
+                await self.step()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    group_ready = False  # Redis lost the stream: create it again.
+                log.warning("%s shard %d: %s", self.group, self.shard, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                log.warning("%s shard %d: %s: %s", self.group, self.shard, type(exc).__name__, exc)
+                self._own_pending_first = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def step(self) -> None:
+        """One read-handle-ack round (plus a claim round when it is due)."""
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + CLAIM_EVERY_S
+            await self.claim()
+        start = "0" if self._own_pending_first else ">"
+        response = await self.blocking_redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.stream: start},
+            count=COUNT,
+            block=None if self._own_pending_first else BLOCK_MS,
+        )
+        entries = [e for _s, batch in response or () for e in batch]
+        if self._own_pending_first and not entries:
+            self._own_pending_first = False
+            return
+        await self._process(entries)
+
+    async def _process(self, entries: list[Entry]) -> None:
+        # Redis 6.2 returns trimmed-but-pending entries with no fields: nothing to do but ack.
+        live = [(i, f) for i, f in entries if f]
+        if live:
+            await self.handle(live)
+        if entries:
+            await self.redis.xack(self.stream, self.group, *[i for i, _ in entries])
+
+    async def claim(self) -> None:
+        """Take over entries a stalled consumer left pending; dead-letter the hopeless ones."""
+        cursor = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.claim_idle_ms,
+                start_id=cursor,
+                count=100,
+            )
+            cursor, claimed = reply[0], reply[1]
+            if claimed:
+                metrics.REDELIVERIES.labels(group=self.group).inc(len(claimed))
+                await self._dead_letter_or_process(claimed)
+            if cursor in ("0-0", b"0-0"):
+                return
+
+    async def _dead_letter_or_process(self, claimed: list[Entry]) -> None:
+        ids = [i for i, _ in claimed]
+        pending = await self.redis.xpending_range(
+            self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 100
+        )
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        hopeless = [(i, f) for i, f in claimed if counts.get(i, 0) > self.max_deliveries]
+        if hopeless:
+            dead = keys.dead_letters(self.shard)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for entry_id, fields in hopeless:
+                    pipe.xadd(
+                        dead,
+                        {**(fields or {}), "_id": entry_id, "_group": self.group},
+                        maxlen=100_000,
+                        approximate=True,
+                    )
+                pipe.xack(self.stream, self.group, *[i for i, _ in hopeless])
+                await pipe.execute()
+            metrics.DEAD_LETTERS.labels(group=self.group).inc(len(hopeless))
+            log.error("%d %s entries moved to %s", len(hopeless), self.group, dead)
+        rest = [(i, f) for i, f in claimed if counts.get(i, 0) <= self.max_deliveries]
+        if rest:
+            await self._process(rest)
