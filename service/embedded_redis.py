@@ -75,12 +75,15 @@ class RedisProcess:
             "--logfile", str(Path(self.data_dir) / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise BuddycastError(f"redis-server exited at start: {err.strip()[:300]}")
+                log = Path(self.data_dir) / "redis.log"
+                err = log.read_text(errors="replace")[-300:] if log.exists() else ""
+                raise BuddycastError(f"redis-server exited at start: {err.strip()}")
             if self._answers():
                 return self
             time.sleep(0.05)

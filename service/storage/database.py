@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import Table, delete, event, func, insert, select, text, tuple_, update
+from sqlalchemy import (
+    BindParameter,
+    Select,
+    String,
+    Table,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -113,8 +128,16 @@ async def unavailable_on_failure() -> AsyncIterator[None]:
         raise Unavailable(f"database unavailable: {str(cause) or type(cause).__name__}") from exc
 
 
+def _text_array(values: Iterable[str]) -> BindParameter[list[str]]:
+    return literal(list(values), postgresql.ARRAY(String))
+
+
 def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# Touch an existing edge; executed once per edge, each a primary-key lookup.
+_TOUCH = update(edges).where(edges.c.owner == bindparam("o"), edges.c.buddy == bindparam("b"))
 
 
 class Database:
@@ -317,20 +340,12 @@ class Database:
         pairs = list(dict.fromkeys((owner, buddy) for _, owner, buddy in items))
         existing: set[tuple[str, str]] = set()
         for chunk in _chunks(pairs):
-            result = await session.execute(
-                select(edges.c.owner, edges.c.buddy).where(
-                    tuple_(edges.c.owner, edges.c.buddy).in_(chunk)
-                )
-            )
-            existing.update((row.owner, row.buddy) for row in result)
+            found = await session.execute(self._existing_edges(chunk))
+            existing.update((row[0], row[1]) for row in found)
         sizes: dict[str, int] = {}
         for owner_chunk in _chunks(owners):
-            result = await session.execute(
-                select(edges.c.owner, func.count())
-                .where(edges.c.owner.in_(owner_chunk))
-                .group_by(edges.c.owner)
-            )
-            sizes.update((row[0], row[1]) for row in result)
+            counted = await session.execute(self._list_sizes(owner_chunk))
+            sizes.update((row[0], row[1]) for row in counted)
 
         # Decide in line order, as if the lines were added one by one.
         added: list[tuple[str, str]] = []
@@ -350,19 +365,49 @@ class Database:
                 accepted.add(pair)
                 added.append(pair)
 
-        touched = [pair for pair in pairs if pair in existing]
-        for chunk in _chunks(touched):
-            await session.execute(
-                update(edges)
-                .where(tuple_(edges.c.owner, edges.c.buddy).in_(chunk))
-                .values(utime=now_ms)
-            )
-        for chunk in _chunks(added):
+        touched = [{"o": owner, "b": buddy} for owner, buddy in pairs if (owner, buddy) in existing]
+        for params in _chunks(touched):
+            await session.execute(_TOUCH.values(utime=now_ms), params)
+        for new in _chunks(added):
             await session.execute(
                 insert(edges),
-                [{"owner": owner, "buddy": buddy, "utime": now_ms} for owner, buddy in chunk],
+                [{"owner": owner, "buddy": buddy, "utime": now_ms} for owner, buddy in new],
             )
         return ImportResult(added, present, rejected)
+
+    def _existing_edges(self, pairs: Sequence[tuple[str, str]]) -> Select[str, str]:
+        """Which of `pairs` are edges: SELECT owner, buddy."""
+        if self.dialect != "postgresql":
+            return select(edges.c.owner, edges.c.buddy).where(
+                tuple_(edges.c.owner, edges.c.buddy).in_(pairs)
+            )
+        # One primary-key probe per pair. Set-based forms (a long row-value IN, a join)
+        # are planned from statistics, and a table filled by a first bulk import has none
+        # yet: they became sequential scans that slowed every batch down.
+        given = (
+            func.unnest(_text_array(o for o, _ in pairs), _text_array(b for _, b in pairs))
+            .table_valued("owner", "buddy")
+            .render_derived(name="given")
+        )
+        probe = (
+            select(edges.c.utime)
+            .where(edges.c.owner == given.c.owner, edges.c.buddy == given.c.buddy)
+            .scalar_subquery()
+        )
+        return select(given.c.owner, given.c.buddy).where(probe.is_not(None))
+
+    def _list_sizes(self, owners: Sequence[str]) -> Select[str, int]:
+        """How many buddies each of `owners` has (owners with none are left out)."""
+        if self.dialect != "postgresql":
+            return (
+                select(edges.c.owner, func.count())
+                .where(edges.c.owner.in_(owners))
+                .group_by(edges.c.owner)
+            )
+        # A count per owner on the index, for the same reason as in `_existing_edges`.
+        given = func.unnest(_text_array(owners)).table_valued("owner").render_derived(name="given")
+        size = select(func.count()).where(edges.c.owner == given.c.owner).scalar_subquery()
+        return select(given.c.owner, size)
 
     async def _lock_owners(self, session: AsyncSession, owners: Sequence[str]) -> None:
         """Serialize list edits per owner until the transaction ends (PostgreSQL).
