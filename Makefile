@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: run test lint unit integration e2e faults bench clean
+.PHONY: run test lint unit integration e2e faults bench clean token
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("buddycast needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -49,3 +49,7 @@ bench: $(VENV)/.run-installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# A client token for local use: make token USER=alice
+token: $(VENV)/.run-installed
+	@$(BIN)/buddycast token $(USER)

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import (
-    BindParameter,
     Select,
     String,
     Table,
     bindparam,
+    column,
     delete,
     event,
     func,
     insert,
-    literal,
     select,
     text,
     tuple_,
     update,
+    values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
@@ -128,8 +128,28 @@ async def unavailable_on_failure() -> AsyncIterator[None]:
         raise Unavailable(f"database unavailable: {str(cause) or type(cause).__name__}") from exc
 
 
-def _text_array(values: Iterable[str]) -> BindParameter[list[str]]:
-    return literal(list(values), postgresql.ARRAY(String))
+def _existing_edges(pairs: Sequence[tuple[str, str]]) -> Select[str, str]:
+    """Which of `pairs` are edges: one primary-key probe per pair.
+
+    Set-based forms are planned from statistics: SQLite scanned the whole index for a
+    row-value IN, and PostgreSQL, on a table a first bulk import is filling (no
+    statistics yet), turned a long IN list or a join into a sequential scan per batch.
+    """
+    given = values(column("owner", String), column("buddy", String), name="given")
+    cte = given.data(list(pairs)).cte("given")
+    probe = (
+        select(edges.c.utime)
+        .where(edges.c.owner == cte.c.owner, edges.c.buddy == cte.c.buddy)
+        .scalar_subquery()
+    )
+    return select(cte.c.owner, cte.c.buddy).where(probe.is_not(None))
+
+
+def _list_sizes(owners: Sequence[str]) -> Select[str, int]:
+    """How many buddies each of `owners` has: one index range count per owner."""
+    cte = values(column("owner", String), name="given").data([(o,) for o in owners]).cte("given")
+    size = select(func.count()).where(edges.c.owner == cte.c.owner).scalar_subquery()
+    return select(cte.c.owner, size)
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
@@ -340,11 +360,11 @@ class Database:
         pairs = list(dict.fromkeys((owner, buddy) for _, owner, buddy in items))
         existing: set[tuple[str, str]] = set()
         for chunk in _chunks(pairs):
-            found = await session.execute(self._existing_edges(chunk))
+            found = await session.execute(_existing_edges(chunk))
             existing.update((row[0], row[1]) for row in found)
         sizes: dict[str, int] = {}
         for owner_chunk in _chunks(owners):
-            counted = await session.execute(self._list_sizes(owner_chunk))
+            counted = await session.execute(_list_sizes(owner_chunk))
             sizes.update((row[0], row[1]) for row in counted)
 
         # Decide in line order, as if the lines were added one by one.
@@ -374,40 +394,6 @@ class Database:
                 [{"owner": owner, "buddy": buddy, "utime": now_ms} for owner, buddy in new],
             )
         return ImportResult(added, present, rejected)
-
-    def _existing_edges(self, pairs: Sequence[tuple[str, str]]) -> Select[str, str]:
-        """Which of `pairs` are edges: SELECT owner, buddy."""
-        if self.dialect != "postgresql":
-            return select(edges.c.owner, edges.c.buddy).where(
-                tuple_(edges.c.owner, edges.c.buddy).in_(pairs)
-            )
-        # One primary-key probe per pair. Set-based forms (a long row-value IN, a join)
-        # are planned from statistics, and a table filled by a first bulk import has none
-        # yet: they became sequential scans that slowed every batch down.
-        given = (
-            func.unnest(_text_array(o for o, _ in pairs), _text_array(b for _, b in pairs))
-            .table_valued("owner", "buddy")
-            .render_derived(name="given")
-        )
-        probe = (
-            select(edges.c.utime)
-            .where(edges.c.owner == given.c.owner, edges.c.buddy == given.c.buddy)
-            .scalar_subquery()
-        )
-        return select(given.c.owner, given.c.buddy).where(probe.is_not(None))
-
-    def _list_sizes(self, owners: Sequence[str]) -> Select[str, int]:
-        """How many buddies each of `owners` has (owners with none are left out)."""
-        if self.dialect != "postgresql":
-            return (
-                select(edges.c.owner, func.count())
-                .where(edges.c.owner.in_(owners))
-                .group_by(edges.c.owner)
-            )
-        # A count per owner on the index, for the same reason as in `_existing_edges`.
-        given = func.unnest(_text_array(owners)).table_valued("owner").render_derived(name="given")
-        size = select(func.count()).where(edges.c.owner == given.c.owner).scalar_subquery()
-        return select(given.c.owner, size)
 
     async def _lock_owners(self, session: AsyncSession, owners: Sequence[str]) -> None:
         """Serialize list edits per owner until the transaction ends (PostgreSQL).
