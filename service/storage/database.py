@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import (
+    BindParameter,
     Select,
     String,
     Table,
+    and_,
     bindparam,
-    column,
     delete,
     event,
     func,
     insert,
+    literal,
+    or_,
     select,
     text,
-    tuple_,
     update,
-    values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
@@ -128,28 +129,8 @@ async def unavailable_on_failure() -> AsyncIterator[None]:
         raise Unavailable(f"database unavailable: {str(cause) or type(cause).__name__}") from exc
 
 
-def _existing_edges(pairs: Sequence[tuple[str, str]]) -> Select[str, str]:
-    """Which of `pairs` are edges: one primary-key probe per pair.
-
-    Set-based forms are planned from statistics: SQLite scanned the whole index for a
-    row-value IN, and PostgreSQL, on a table a first bulk import is filling (no
-    statistics yet), turned a long IN list or a join into a sequential scan per batch.
-    """
-    given = values(column("owner", String), column("buddy", String), name="given")
-    cte = given.data(list(pairs)).cte("given")
-    probe = (
-        select(edges.c.utime)
-        .where(edges.c.owner == cte.c.owner, edges.c.buddy == cte.c.buddy)
-        .scalar_subquery()
-    )
-    return select(cte.c.owner, cte.c.buddy).where(probe.is_not(None))
-
-
-def _list_sizes(owners: Sequence[str]) -> Select[str, int]:
-    """How many buddies each of `owners` has: one index range count per owner."""
-    cte = values(column("owner", String), name="given").data([(o,) for o in owners]).cte("given")
-    size = select(func.count()).where(edges.c.owner == cte.c.owner).scalar_subquery()
-    return select(cte.c.owner, size)
+def _text_array(items: Iterable[str]) -> BindParameter[list[str]]:
+    return literal(list(items), postgresql.ARRAY(String))
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
@@ -337,10 +318,10 @@ class Database:
 
     async def _remove_edges(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         async with self._transaction() as session:
+            # An OR of key lookups: SQLite scans the whole index for a row-value IN.
+            matches = (and_(edges.c.owner == o, edges.c.buddy == b) for o, b in pairs)
             result = await session.execute(
-                delete(edges)
-                .where(tuple_(edges.c.owner, edges.c.buddy).in_(pairs))
-                .returning(edges.c.owner, edges.c.buddy)
+                delete(edges).where(or_(*matches)).returning(edges.c.owner, edges.c.buddy)
             )
             removed = {(row.owner, row.buddy) for row in result}
         return [pair in removed for pair in pairs]
@@ -360,11 +341,11 @@ class Database:
         pairs = list(dict.fromkeys((owner, buddy) for _, owner, buddy in items))
         existing: set[tuple[str, str]] = set()
         for chunk in _chunks(pairs):
-            found = await session.execute(_existing_edges(chunk))
+            found = await session.execute(self._existing_edges(chunk))
             existing.update((row[0], row[1]) for row in found)
         sizes: dict[str, int] = {}
         for owner_chunk in _chunks(owners):
-            counted = await session.execute(_list_sizes(owner_chunk))
+            counted = await session.execute(self._list_sizes(owner_chunk))
             sizes.update((row[0], row[1]) for row in counted)
 
         # Decide in line order, as if the lines were added one by one.
@@ -394,6 +375,43 @@ class Database:
                 [{"owner": owner, "buddy": buddy, "utime": now_ms} for owner, buddy in new],
             )
         return ImportResult(added, present, rejected)
+
+    def _existing_edges(self, pairs: Sequence[tuple[str, str]]) -> Select[str, str]:
+        """Edges among `pairs` (on SQLite, maybe more: the caller looks pairs up in the result)."""
+        if self.dialect != "postgresql":
+            # Not a row-value IN, which SQLite runs as a scan of the whole index: two IN
+            # lists are looked up on it, though they also match the crosswise pairs.
+            return select(edges.c.owner, edges.c.buddy).where(
+                edges.c.owner.in_(list({owner for owner, _ in pairs})),
+                edges.c.buddy.in_(list({buddy for _, buddy in pairs})),
+            )
+        # One primary-key probe per pair. A table that a first bulk import is filling has
+        # no statistics yet, and PostgreSQL planned IN lists and joins as a sequential
+        # scan per batch, ever slower as the table grew.
+        given = (
+            func.unnest(_text_array(o for o, _ in pairs), _text_array(b for _, b in pairs))
+            .table_valued("owner", "buddy")
+            .render_derived(name="given")
+        )
+        probe = (
+            select(edges.c.utime)
+            .where(edges.c.owner == given.c.owner, edges.c.buddy == given.c.buddy)
+            .scalar_subquery()
+        )
+        return select(given.c.owner, given.c.buddy).where(probe.is_not(None))
+
+    def _list_sizes(self, owners: Sequence[str]) -> Select[str, int]:
+        """How many buddies each of `owners` has (owners with none are left out on SQLite)."""
+        if self.dialect != "postgresql":
+            return (
+                select(edges.c.owner, func.count())
+                .where(edges.c.owner.in_(owners))
+                .group_by(edges.c.owner)
+            )
+        # A count on the index per owner, for the reason given in `_existing_edges`.
+        given = func.unnest(_text_array(owners)).table_valued("owner").render_derived(name="given")
+        size = select(func.count()).where(edges.c.owner == given.c.owner).scalar_subquery()
+        return select(given.c.owner, size)
 
     async def _lock_owners(self, session: AsyncSession, owners: Sequence[str]) -> None:
         """Serialize list edits per owner until the transaction ends (PostgreSQL).

@@ -125,6 +125,11 @@ class GroupConsumer:
                 count=100,
             )
             cursor, claimed = reply[0], reply[1]
+            if any(entry_id is None for entry_id, _ in claimed):
+                # Redis 6.2 claims trimmed entries as (nil, nil) and keeps them pending;
+                # our own pending list returns them with no fields, and they are acked.
+                claimed = [(i, f) for i, f in claimed if i is not None]
+                self._own_pending_first = True
             if claimed:
                 metrics.REDELIVERIES.labels(group=self.group).inc(len(claimed))
                 await self._dead_letter_or_process(claimed)

