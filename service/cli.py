@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     token = commands.add_parser("token", help="print a client token for USER")
     token.add_argument("user")
     token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    from service.bench import cli as bench_cli
+
+    bench_cli.add_arguments(commands.add_parser("bench", help="load generator and benchmark"))
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
             _run(_serve_worker(settings))
         elif args.command == "run":
             _run(_serve_all(settings))
+        elif args.command == "bench":
+            sys.exit(bench_cli.run(args, settings))
     except (SettingsError, BuddycastError) as exc:
         print(f"buddycast: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -76,7 +81,17 @@ async def _until_signalled() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
     await stop.wait()
+    log.info("stopping")
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log the stack of every asyncio task, to see what a stuck process awaits."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.warning("task %s: %s", task.get_name(), where or "(no frames)")
 
 
 async def _serve(app: web.Application, host: str, port: int, reuse_port: bool) -> None:

@@ -62,6 +62,11 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _port(text: str, what: str) -> None:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{what} port {text!r} is not a number from 1 to 65535")
+
+
 def _redis_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"}:
@@ -71,8 +76,16 @@ def _redis_url(raw: str) -> str:
     if parts.scheme.endswith("+cluster"):
         for seed in parts.netloc.rsplit("@", 1)[-1].split(","):
             host, _, port = seed.rpartition(":")
-            if not host or not port.isdigit():
+            if not host:
                 raise ValueError(f"cluster seed {seed!r} is not host:port")
+            _port(port, "cluster seed")
+    elif parts.scheme != "unix":
+        port = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[2] if ":" in parts.netloc else ""
+        if port and not parts.netloc.endswith("]"):
+            _port(port, "redis")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"database {db!r} must be a number, as in redis://host:6379/0")
     return raw
 
 
@@ -82,15 +95,22 @@ def _database_url(raw: str) -> str:
         raise ValueError("must be sqlite+aiosqlite:///FILE or postgresql+asyncpg://...")
     if raw.startswith("sqlite+aiosqlite") and raw.rstrip("/").endswith(("memory:", "aiosqlite:")):
         raise ValueError("SQLite needs a file: in-memory databases cannot be shared")
+    if not raw.startswith("sqlite"):
+        netloc = urlsplit(raw).netloc.rsplit("@", 1)[-1]
+        if ":" in netloc and not netloc.endswith("]"):
+            _port(netloc.rpartition(":")[2], "database")
     if scheme in {"postgresql", "postgres"}:
         return "postgresql+asyncpg://" + raw.split("://", 1)[1]
     return raw
 
 
-def _secret(raw: str) -> str:
-    if len(raw) < 16:
-        raise ValueError("must be at least 16 characters")
-    return raw
+def _secret(minimum: int) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if len(raw.encode()) < minimum:
+            raise ValueError(f"must be at least {minimum} bytes")
+        return raw
+
+    return parse
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -127,6 +147,7 @@ class Settings:
     stream_maxlen: int = 200_000
     inbox_maxlen: int = 20_000
     max_deliveries: int = 10
+    claim_idle_s: float = 15.0
     reuse_port: bool = False
     log_level: str = "info"
     log_format: str = "plain"
@@ -149,7 +170,8 @@ class Settings:
             try:
                 values[f.name] = _PARSERS[f.name](raw)
             except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from exc
+                shown = "(hidden)" if f.name in _SECRET else repr(raw)
+                raise SettingsError(f"{name}={shown} is invalid: {exc}") from None
         settings = cls(**values)
         if not settings.node_id:
             settings = cls(**{**values, "node_id": default_node_id()})
@@ -176,13 +198,15 @@ def default_node_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+_SECRET = {"jwt_secret", "api_key", "database_url", "redis_url"}
 _BLANK_IS_UNSET = {"redis_url", "jwt_secret", "api_key", "node_id", "allowed_origins"}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
     "database_url": _database_url,
-    "jwt_secret": _secret,
-    "api_key": _secret,
+    # HS256 wants a key as long as its hash (RFC 7518 section 3.2).
+    "jwt_secret": _secret(32),
+    "api_key": _secret(16),
     "host": _text,
     "port": _int(0, 65535),
     "shards": _int(1, 16384),
@@ -199,6 +223,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "stream_maxlen": _int(1000, 100_000_000),
     "inbox_maxlen": _int(100, 100_000_000),
     "max_deliveries": _int(1, 1000),
+    "claim_idle_s": _float(0.1, 3600),
     "reuse_port": _bool,
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("plain", "json"),

@@ -299,7 +299,7 @@ class Hub:
     # ----- liveness --------------------------------------------------------------------
 
     async def _heartbeat_once(self) -> None:
-        await self.redis.zadd(keys.NODES, {self.node: now_ms()})
+        added = await self.redis.zadd(keys.NODES, {self.node: now_ms()})
         epoch = await self.redis.get(keys.EPOCH)
         if epoch is None:
             await self.redis.set(keys.EPOCH, uuid.uuid4().hex, nx=True)
@@ -309,6 +309,10 @@ class Hub:
         elif epoch != self.epoch:
             log.warning("Redis lost its data (epoch changed): registering sessions again")
             self.epoch = epoch
+            await self._reregister()
+        elif added:
+            # Reaped while Redis was out of reach for longer than the node TTL.
+            log.warning("this node was reaped as dead: registering sessions again")
             await self._reregister()
 
     async def _reregister(self) -> None:

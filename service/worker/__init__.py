@@ -26,7 +26,7 @@ class Worker:
         self.consumers = [
             GroupConsumer(
                 store.redis, blocking_redis, shard, group, consumer, handle,
-                settings.max_deliveries,
+                settings.max_deliveries, int(settings.claim_idle_s * 1000),
             )
             for shard in range(settings.shards)
             for group, handle in (
@@ -37,16 +37,26 @@ class Worker:
         self.reaper = Reaper(store, settings)
 
     async def run(self) -> None:
+        """Run every loop until cancelled; on cancellation, finish the batches in hand."""
         for consumer in self.consumers:
             await consumer.ensure_group()
         tasks = [asyncio.create_task(c.run(), name=f"{c.group}-{c.shard}") for c in self.consumers]
-        tasks.append(asyncio.create_task(self.reaper.run(), name="reaper"))
+        reaper = asyncio.create_task(self.reaper.run(), name="reaper")
         try:
-            await asyncio.gather(*tasks)
+            # wait(), not gather(): cancelling this must not cancel the consumers mid-batch.
+            await asyncio.wait([*tasks, reaper], return_when=asyncio.FIRST_EXCEPTION)
         finally:
-            for task in tasks:
+            reaper.cancel()
+            for consumer in self.consumers:
+                consumer.stopping.set()
+            # A consumer stops after its current read and batch (a read blocks at most
+            # BLOCK_MS); one that takes longer is cancelled and its batch stays pending
+            # for another worker to claim.
+            _done, late = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for task in late:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, reaper, return_exceptions=True)
 
 
 BLOCKING_SOCKET_TIMEOUT_S = BLOCK_MS / 1000 + 5
+STOP_TIMEOUT_S = BLOCK_MS / 1000 + 3

@@ -51,7 +51,9 @@ class GroupConsumer:
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = claim_idle_ms
         self._own_pending_first = True
-        self._next_claim = time.monotonic() + CLAIM_EVERY_S
+        self._claim_every_s = min(CLAIM_EVERY_S, claim_idle_ms / 2000)
+        self._next_claim = time.monotonic() + self._claim_every_s
+        self.stopping = asyncio.Event()
 
     async def ensure_group(self) -> None:
         try:
@@ -61,10 +63,10 @@ class GroupConsumer:
                 raise
 
     async def run(self) -> None:
-        """Consume until cancelled; errors are logged once and retried with a capped backoff."""
+        """Consume until stopped; errors are logged once and retried with a capped backoff."""
         backoff = 0.1
         group_ready = False
-        while True:
+        while not self.stopping.is_set():
             try:
                 if not group_ready:
                     await self.ensure_group()
@@ -88,7 +90,7 @@ class GroupConsumer:
     async def step(self) -> None:
         """One read-handle-ack round (plus a claim round when it is due)."""
         if time.monotonic() >= self._next_claim:
-            self._next_claim = time.monotonic() + CLAIM_EVERY_S
+            self._next_claim = time.monotonic() + self._claim_every_s
             await self.claim()
         start = "0" if self._own_pending_first else ">"
         response = await self.blocking_redis.xreadgroup(

@@ -1,0 +1,1 @@
+"""`buddycast bench`: the load generator and benchmark."""

@@ -1,0 +1,504 @@
+"""A load-generator process: one asyncio loop holding a slice of the sessions.
+
+The parent sends commands over a pipe (connect, send, collect, acked, check, stop) and
+gets one reply per command, plus a `stats` message twice a second for the progress line.
+Every session runs on one aiohttp ClientSession, so the process opens no more than one
+connection per session.
+
+Each change carries its send time in its status text (`MARK` + seconds since the epoch);
+a watcher's latency is its receipt time minus that. All processes share the machine's
+clock, so the two `time.time()` readings are comparable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import resource
+import signal
+import time
+from array import array
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import aiohttp
+import orjson
+
+from service.auth import mint_token
+from service.bench.graph import CELEBRITY, user_name
+
+MARK = "bench:"
+_MARK_LEN = len(MARK)
+STATS_EVERY_S = 0.5
+CONNECT_ATTEMPTS = 5
+SNAPSHOT_TIMEOUT_S = 60.0
+TOKEN_TTL_S = 24 * 3600
+SEND_TICK_S = 0.002
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildConfig:
+    """What one client process needs: its users, their lists, where and how to connect."""
+
+    index: int
+    url: str
+    jwt_secret: str
+    prefix: str
+    users: int
+    owned: tuple[int, ...]
+    lists: dict[int, tuple[int, ...]]
+    seed: int
+
+
+@dataclass(slots=True)
+class BenchSession:
+    """One WebSocket session and what its watcher saw: subject → last version."""
+
+    user: int
+    ws: aiohttp.ClientWebSocketResponse[Any] | None = None
+    node: str = ""
+    seen: dict[int, int] = field(default_factory=dict)
+    closed: bool = False
+    close_code: int | None = None
+
+
+def raise_nofile_limit() -> None:
+    """Raise the soft limit of open files to the hard one: each session is a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child_main(conn: Connection, config: ChildConfig) -> None:
+    """Entry point of a spawned client process."""
+    # Ctrl-C reaches the whole process group; the parent decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_nofile_limit()
+    client = Client(conn, config)
+    try:
+        import uvloop
+
+        uvloop.run(client.run())
+    except ImportError:
+        asyncio.run(client.run())
+
+
+class Client:
+    def __init__(self, conn: Connection, config: ChildConfig) -> None:
+        self.conn = conn
+        self.config = config
+        self.names = [user_name(config.prefix, u) for u in range(config.users)]
+        self.index = {name: u for u, name in enumerate(self.names)}
+        self.sessions: dict[int, BenchSession] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self.commands: asyncio.Queue[Message | None] = asyncio.Queue()
+        self.stopping = False
+        self.tokens: dict[int, str] = {}
+        # Counters for the progress line and the report.
+        self.connected = 0
+        self.sent = 0
+        self.acked = 0
+        self.deliveries = 0
+        self.regressions = 0
+        self.foreign = 0
+        self.errors: Counter[str] = Counter()
+        # Per delivery of a marked change: its send time and latency (seconds).
+        self.sample_sent = array("d")
+        self.sample_latency = array("d")
+        self.celeb_sent = array("d")
+        self.celeb_latency = array("d")
+        self.ack_sent = array("d")
+        self.ack_latency = array("d")
+        self.pending: dict[str, tuple[int, float]] = {}
+        self.acked_version: dict[int, int] = {}
+        self._ref = 0
+        self._readers: set[asyncio.Task[None]] = set()
+        rng = random.Random(config.seed * 1000 + config.index)
+        senders = [u for u in config.owned if u != CELEBRITY]
+        rng.shuffle(senders)
+        self.senders = senders
+        self._next_sender = 0
+
+    # ----- plumbing -------------------------------------------------------------------
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise RuntimeError("the client session is not open yet")
+        return self._http
+
+    def send(self, message: Message) -> None:
+        message.setdefault("cpu_s", cpu_seconds())
+        message["proc"] = self.config.index
+        self.conn.send(message)
+
+    def _on_command(self) -> None:
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            message = None  # the parent is gone
+        self.commands.put_nowait(message)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.conn.fileno(), self._on_command)
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        self._http = aiohttp.ClientSession(connector=connector)
+        self.tokens = {
+            u: mint_token(self.names[u], self.config.jwt_secret, TOKEN_TTL_S)
+            for u in self.config.owned
+        }
+        stats = asyncio.create_task(self._stats_loop())
+        self.send({"type": "ready"})
+        try:
+            while True:
+                command = await self.commands.get()
+                if command is None or command["cmd"] == "stop":
+                    break
+                reply = await self._dispatch(command)
+                self.send(reply)
+        finally:
+            self.stopping = True
+            loop.remove_reader(self.conn.fileno())
+            stats.cancel()
+            await asyncio.gather(stats, return_exceptions=True)
+            await self._close_all()
+        with contextlib.suppress(OSError):
+            self.send({"type": "stopped"})
+
+    async def _dispatch(self, command: Message) -> Message:
+        name = command["cmd"]
+        if name == "connect":
+            return await self.connect_all(int(command["concurrency"]))
+        if name == "send":
+            return await self.send_changes(
+                float(command["start"]),
+                float(command["seconds"]),
+                float(command["rate"]),
+                float(command["celebrity_every"]),
+            )
+        if name == "collect":
+            return self.collect(float(command["start"]), float(command["end"]))
+        if name == "acked":
+            return {"type": "acked", "versions": self.acked_version}
+        if name == "check":
+            return self.check(command["expected"])
+        return {"type": "error", "message": f"unknown command {name!r}"}
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_EVERY_S)
+            self.send(self.stats())
+
+    def stats(self) -> Message:
+        return {
+            "type": "stats",
+            "connected": self.connected,
+            "sent": self.sent,
+            "acked": self.acked,
+            "deliveries": self.deliveries,
+            "closed": sum(1 for s in self.sessions.values() if s.closed),
+        }
+
+    async def _close_all(self) -> None:
+        if self._http is not None:
+            # Aborting the sockets is enough: the deployment is stopped next, and 20,000
+            # close handshakes would only slow the exit.
+            await self._http.close()
+
+    # ----- connect storm --------------------------------------------------------------
+
+    async def connect_all(self, concurrency: int) -> Message:
+        """Open every owned session, at most `concurrency` at once; each waits for its snapshot."""
+        gate = asyncio.Semaphore(max(1, concurrency))
+        # The celebrity first, so that every later snapshot can list them online.
+        order = sorted(self.config.owned, key=lambda u: u != CELEBRITY)
+        started = time.time()
+        results = await asyncio.gather(*(self._open(u, gate) for u in order))
+        to_snapshot = array("d", (r for r in results if r is not None))
+        nodes = Counter(s.node for s in self.sessions.values() if not s.closed)
+        mismatched = sum(
+            1
+            for s in self.sessions.values()
+            if not s.closed and set(s.seen) != set(self.config.lists[s.user])
+        )
+        return {
+            "type": "connected",
+            "started": started,
+            "done": time.time(),
+            "to_snapshot": to_snapshot.tobytes(),
+            "failed": sum(1 for r in results if r is None),
+            "nodes": dict(nodes),
+            "snapshot_mismatches": mismatched,
+            "errors": dict(self.errors),
+        }
+
+    async def _open(self, user: int, gate: asyncio.Semaphore) -> float | None:
+        url = f"{self.config.url}/v1/ws?token={self.tokens[user]}"
+        async with gate:
+            first = time.time()
+            for attempt in range(CONNECT_ATTEMPTS):
+                if attempt:
+                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                session = await self._try_open(user, url)
+                if session is not None:
+                    self.sessions[user] = session
+                    self.connected += 1
+                    # Kept referenced: the loop holds tasks only weakly.
+                    self._readers.add(asyncio.create_task(self._read(session)))
+                    return time.time() - first
+            return None
+
+    async def _try_open(self, user: int, url: str) -> BenchSession | None:
+        try:
+            ws = await self.http.ws_connect(
+                url,
+                autoping=True,
+                heartbeat=None,
+                compress=0,
+                max_msg_size=0,
+                decode_text=False,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            self.errors[f"connect_http_{exc.status}"] += 1
+            return None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.errors[f"connect_{type(exc).__name__}"] += 1
+            return None
+        session = BenchSession(user, ws)
+        try:
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT_S):
+                for expected in ("hello", "snapshot"):
+                    message = await ws.receive()
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        self.errors[f"closed_before_{expected}_{ws.close_code}"] += 1
+                        await ws.close()
+                        return None
+                    frame = orjson.loads(message.data)
+                    if frame.get("type") != expected:
+                        self.errors[f"unexpected_{frame.get('type')}_before_{expected}"] += 1
+                        await ws.close()
+                        return None
+                    if expected == "hello":
+                        session.node = str(frame.get("node", ""))
+                    else:
+                        self._snapshot(session, frame["items"])
+        except TimeoutError:
+            self.errors["snapshot_timeout"] += 1
+            await ws.close()
+            return None
+        return session
+
+    def _snapshot(self, session: BenchSession, items: Sequence[dict[str, Any]]) -> None:
+        seen: dict[int, int] = {}
+        for item in items:
+            subject = self.index.get(item["user"])
+            if subject is None:
+                self.foreign += 1
+                continue
+            seen[subject] = int(item["version"])
+        session.seen = seen
+
+    # ----- receiving ------------------------------------------------------------------
+
+    async def _read(self, session: BenchSession) -> None:
+        ws = session.ws
+        if ws is None:
+            return
+        text = aiohttp.WSMsgType.TEXT
+        try:
+            while True:
+                message = await ws.receive()
+                if message.type == text:
+                    self._on_frame(session, message.data, time.time())
+                elif message.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSING,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR,
+                ):
+                    break
+        except (aiohttp.ClientError, OSError, RuntimeError):
+            pass
+        session.closed = True
+        session.close_code = ws.close_code
+        if not self.stopping:
+            self.errors[f"session_closed_{ws.close_code}"] += 1
+
+    def _on_frame(self, session: BenchSession, data: bytes, received: float) -> None:
+        frame = orjson.loads(data)
+        kind = frame.get("type")
+        if kind == "status":
+            seen = session.seen
+            for item in frame["items"]:
+                subject = self.index.get(item["user"])
+                if subject is None or subject not in seen:
+                    # Privacy: a session must only hear of users in its own list.
+                    self.foreign += 1
+                    continue
+                version = item["version"]
+                if version <= seen[subject]:
+                    self.regressions += 1
+                else:
+                    seen[subject] = version
+                self.deliveries += 1
+                status_text = item["text"]
+                if status_text.startswith(MARK):
+                    sent = float(status_text[_MARK_LEN:])
+                    if subject == CELEBRITY:
+                        self.celeb_sent.append(sent)
+                        self.celeb_latency.append(received - sent)
+                    self.sample_sent.append(sent)
+                    self.sample_latency.append(received - sent)
+        elif kind == "ack":
+            pending = self.pending.pop(frame.get("ref") or "", None)
+            if pending is not None:
+                subject, sent = pending
+                version = int(frame["item"]["version"])
+                if version > self.acked_version.get(subject, 0):
+                    self.acked_version[subject] = version
+                self.acked += 1
+                self.ack_sent.append(sent)
+                self.ack_latency.append(received - sent)
+        elif kind == "error":
+            self.pending.pop(frame.get("ref") or "", None)
+            self.errors[f"error_{frame.get('code')}"] += 1
+        else:
+            self.errors[f"unexpected_{kind}"] += 1
+
+    # ----- sending --------------------------------------------------------------------
+
+    def _next_user(self) -> BenchSession | None:
+        # Round-robin over a shuffled order: a user sends again only after every other
+        # user of this process has, which keeps each well under 5 changes a second.
+        for _ in range(len(self.senders)):
+            user = self.senders[self._next_sender]
+            self._next_sender = (self._next_sender + 1) % len(self.senders)
+            session = self.sessions.get(user)
+            if session is not None and not session.closed:
+                return session
+        return None
+
+    async def _change(self, session: BenchSession) -> bool:
+        ws = session.ws
+        if ws is None:
+            return False
+        self._ref += 1
+        ref = f"{self.config.index}.{self._ref}"
+        sent = time.time()
+        self.pending[ref] = (session.user, sent)
+        try:
+            await ws.send_str(f'{{"op":"set_status","ref":"{ref}","text":"{MARK}{sent:.6f}"}}')
+        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+            self.pending.pop(ref, None)
+            self.errors["send_failed"] += 1
+            return False
+        self.sent += 1
+        return True
+
+    async def send_changes(
+        self, start: float, seconds: float, rate: float, celebrity_every: float
+    ) -> Message:
+        """Send `rate` changes a second from [start, start + seconds), plus the celebrity's."""
+        await asyncio.sleep(max(0.0, start - time.time()))
+        end = start + seconds
+        sent = celebrity_sent = 0
+        celebrity = self.sessions.get(CELEBRITY)
+        next_celebrity = start + celebrity_every / 2 if celebrity_every > 0 else float("inf")
+        cpu_before = cpu_seconds()
+        while True:
+            now = time.time()
+            if now >= end:
+                break
+            due = int((now - start) * rate) + 1
+            while sent < due:
+                session = self._next_user()
+                if session is None:
+                    break
+                await self._change(session)
+                sent += 1
+            if celebrity is not None and not celebrity.closed and now >= next_celebrity:
+                await self._change(celebrity)
+                celebrity_sent += 1
+                next_celebrity += celebrity_every
+            await asyncio.sleep(SEND_TICK_S)
+        return {
+            "type": "sent",
+            "sent": sent,
+            "celebrity_sent": celebrity_sent,
+            "ended": time.time(),
+            "phase_cpu_s": cpu_seconds() - cpu_before,
+        }
+
+    # ----- results --------------------------------------------------------------------
+
+    def collect(self, start: float, end: float) -> Message:
+        """Latencies of changes sent in [start, end); forget everything sent before `end`."""
+        out: Message = {"type": "samples", "errors": dict(self.errors)}
+        for name, sent, latency in (
+            ("all", self.sample_sent, self.sample_latency),
+            ("celebrity", self.celeb_sent, self.celeb_latency),
+            ("ack", self.ack_sent, self.ack_latency),
+        ):
+            window = array("d")
+            keep_sent, keep_latency = array("d"), array("d")
+            for s, lat in zip(sent, latency, strict=True):
+                if start <= s < end:
+                    window.append(lat)
+                elif s >= end:
+                    keep_sent.append(s)
+                    keep_latency.append(lat)
+            out[name] = window.tobytes()
+            sent[:] = keep_sent
+            latency[:] = keep_latency
+        out["unacked"] = sum(1 for _, s in self.pending.values() if start <= s < end)
+        out["regressions"] = self.regressions
+        out["foreign"] = self.foreign
+        return out
+
+    def check(self, expected: dict[int, int]) -> Message:
+        """Per open session and subject in its list: did it see the last acked version?"""
+        missing = checked = 0
+        examples: list[str] = []
+        closed = 0
+        for session in self.sessions.values():
+            if session.closed:
+                closed += 1
+                continue
+            seen = session.seen
+            for subject in self.config.lists[session.user]:
+                want = expected.get(subject)
+                if want is None:
+                    continue
+                checked += 1
+                got = seen.get(subject, -1)
+                if got < want:
+                    missing += 1
+                    if len(examples) < 5:
+                        examples.append(
+                            f"{self.names[session.user]} saw {self.names[subject]} "
+                            f"v{got}, acked v{want}"
+                        )
+        return {
+            "type": "check",
+            "missing": missing,
+            "checked": checked,
+            "closed": closed,
+            "examples": examples,
+            "regressions": self.regressions,
+            "foreign": self.foreign,
+        }

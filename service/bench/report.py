@@ -1,0 +1,363 @@
+"""Bench results: percentiles, the on-screen table, the JSON file and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil  # type: ignore[import-untyped]
+
+Results = dict[str, Any]
+NOTES_HEADING = "## Notes"
+
+# The targets of the issue, in the order the docs list them.
+TARGET_SESSIONS = 20_000
+TARGET_CONNECT_S = 20.0
+TARGET_RATE = 200.0
+TARGET_CELEBRITY_EVERY_S = 5.0
+TARGET_P99_MS = 100.0
+TARGET_CAPACITY_FACTOR = 3.0
+TARGET_CELEBRITY_P99_MS = 500.0
+TARGET_KIB_PER_SESSION = 20.0
+
+
+def percentiles(values: Iterable[float], points: Sequence[float]) -> dict[str, float | None]:
+    """Nearest-rank percentiles in milliseconds (`max` for 100); None when there are none."""
+    ordered = sorted(values)
+    out: dict[str, float | None] = {}
+    for p in points:
+        key = "max" if p == 100 else f"p{p:g}"
+        if not ordered:
+            out[key] = None
+            continue
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        out[key] = round(ordered[rank - 1] * 1000, 2)
+    return out
+
+
+def machine_info(redis_version: str) -> dict[str, Any]:
+    """CPU model, cores, RAM, OS, Python and Redis of this machine."""
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count() or 1,
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "redis": redis_version,
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+# ----- targets ------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def targets(results: Results) -> list[dict[str, Any]]:
+    """Each target of the issue with what was measured and whether it was met (None: n/a)."""
+    connect = results["connect"]
+    steady = results["steady"]
+    correctness = results["correctness"]
+    params = results["params"]
+    rows: list[dict[str, Any]] = []
+
+    storm_met = (
+        connect["sessions"] >= TARGET_SESSIONS
+        and connect["failed"] == 0
+        and connect["seconds"] is not None
+        and connect["seconds"] <= TARGET_CONNECT_S
+    )
+    rows.append(
+        {
+            "name": "connect storm",
+            "target": f"{TARGET_SESSIONS:,} sessions in ≤ {TARGET_CONNECT_S:g} s",
+            "measured": f"{connect['sessions']:,} sessions in {_fmt(connect['seconds'], ' s')}",
+            "met": storm_met,
+        }
+    )
+    p99 = steady["latency_ms"]["p99"]
+    profile_ok = params["rate"] >= TARGET_RATE and 0 < params["celebrity_every"] <= 5.0
+    rows.append(
+        {
+            "name": "steady load",
+            "target": f"{TARGET_RATE:g} changes/s + celebrity every "
+            f"{TARGET_CELEBRITY_EVERY_S:g} s: p99 ≤ {TARGET_P99_MS:g} ms, zero missing",
+            "measured": f"{params['rate']:g} changes/s: p99 {_fmt(p99, ' ms')}, "
+            f"{correctness['missing']} missing",
+            "met": profile_ok
+            and p99 is not None
+            and p99 <= TARGET_P99_MS
+            and correctness["missing"] == 0,
+        }
+    )
+    capacity = results.get("capacity")
+    wanted = TARGET_CAPACITY_FACTOR * TARGET_RATE
+    if capacity:
+        held = capacity["max_rate_held"]
+        measured = f"{_fmt(held, ' changes/s', 0)} held ({_fmt(held / TARGET_RATE, '×')})"
+        met: bool | None = held is not None and held >= wanted
+    else:
+        measured, met = "not measured (run with --find-capacity)", None
+    rows.append(
+        {
+            "name": "capacity",
+            "target": f"≥ {TARGET_CAPACITY_FACTOR:g}× steady ({wanted:g} changes/s at "
+            f"p99 ≤ {TARGET_P99_MS:g} ms)",
+            "measured": measured,
+            "met": met,
+        }
+    )
+    celeb = steady["celebrity_latency_ms"]["p99"]
+    rows.append(
+        {
+            "name": "celebrity",
+            "target": f"p99 ≤ {TARGET_CELEBRITY_P99_MS:g} ms to all watchers",
+            "measured": f"p99 {_fmt(celeb, ' ms')} over "
+            f"{steady['celebrity_deliveries']:,} deliveries",
+            "met": None if celeb is None else celeb <= TARGET_CELEBRITY_P99_MS,
+        }
+    )
+    servers = results["servers"]
+    per_session = [
+        s["rss_per_session_kib"]
+        for s in servers
+        if isinstance(servers, list) and s["role"] == "node" and s["rss_per_session_kib"]
+    ] if isinstance(servers, list) else []  # fmt: skip
+    worst = max(per_session) if per_session else None
+    rows.append(
+        {
+            "name": "node memory",
+            "target": f"≤ {TARGET_KIB_PER_SESSION:g} KiB per session",
+            "measured": f"{_fmt(worst, ' KiB')} per session (worst node)",
+            "met": None if worst is None else worst <= TARGET_KIB_PER_SESSION,
+        }
+    )
+    return rows
+
+
+# ----- rendering ----------------------------------------------------------------------
+
+
+def _ms(block: dict[str, float | None], keys: Sequence[str]) -> str:
+    return " / ".join(_fmt(block.get(k), "", 1) for k in keys) + " ms"
+
+
+def result_rows(results: Results) -> list[tuple[str, str]]:
+    """The results table as (name, value) rows."""
+    imp = results["import"]
+    connect = results["connect"]
+    steady = results["steady"]
+    correctness = results["correctness"]
+    client = results["client"]
+    rows = [
+        ("graph", f"{results['graph']['users']:,} users, {results['graph']['edges']:,} edges, "
+                  f"mean list {results['graph']['mean_list']:.1f}, "
+                  f"max list {results['graph']['max_list']}"),
+        ("import", f"{imp['edges']:,} edges in {_fmt(imp['seconds'], ' s')} "
+                   f"({_fmt(imp['edges_per_s'], '/s', 0)})"),
+        ("connect storm", f"{connect['sessions']:,} sessions in {_fmt(connect['seconds'], ' s')} "
+                          f"({_fmt(connect['sessions_per_s'], '/s', 0)}), "
+                          f"{connect['failed']} failed"),
+        ("time to snapshot p50 / p99 / max",
+         _ms(connect["time_to_snapshot_ms"], ("p50", "p99", "max"))),
+        ("steady changes", f"{steady['changes_sent']:,} sent in {steady['seconds']:g} s "
+                           f"({_fmt(steady['rate_achieved'], '/s')} of {steady['rate']:g}/s), "
+                           f"{steady['celebrity_changes']} by the celebrity"),
+        ("propagation p50 / p95 / p99 / max",
+         _ms(steady["latency_ms"], ("p50", "p95", "p99", "max"))),
+        ("celebrity p50 / p99 / max",
+         _ms(steady["celebrity_latency_ms"], ("p50", "p99", "max"))),
+        ("ack p50 / p99 / max", _ms(steady["ack_latency_ms"], ("p50", "p99", "max"))),
+        ("deliveries", f"{steady['deliveries']:,} ({_fmt(steady['deliveries_per_s'], '/s', 0)})"),
+        ("correctness", f"{correctness['missing']} missing of {correctness['checked']:,} "
+                        f"checked, {correctness['regressions']} out of order, "
+                        f"{correctness['foreign']} foreign, "
+                        f"{correctness['sessions_closed']} sessions closed"),
+    ]  # fmt: skip
+    capacity = results.get("capacity")
+    if capacity:
+        steps = ", ".join(
+            f"{s['rate']:g}/s p99 {_fmt(s['p99_ms'], ' ms')}{'' if s['held'] else ' ✗'}"
+            for s in capacity["steps"]
+        )
+        rows.append(
+            ("capacity", f"{_fmt(capacity['max_rate_held'], ' changes/s', 0)} held ({steps})")
+        )
+    servers = results["servers"]
+    if isinstance(servers, list):
+        for s in servers:
+            value = (
+                f"{s['cpu_s']['total']:.1f} CPU s (steady {s['cpu_s'].get('steady', 0):.1f}), "
+                f"peak RSS {s['peak_rss_mib']:.0f} MiB"
+            )
+            if s["role"] == "node":
+                value += (
+                    f", {s['sessions']:,} sessions, "
+                    f"{_fmt(s['rss_per_session_kib'], ' KiB')}/session"
+                )
+            rows.append((f"{s['role']} {s['name']}", value))
+    else:
+        rows.append(("servers", "n/a (--target)"))
+    rows.append(
+        (
+            "load generator",
+            f"{client['procs']} processes, {client['cpu_s_total']:.1f} CPU s "
+            f"(steady {client['cpu_s'].get('steady', 0):.1f} = "
+            f"{_fmt(client['steady_cores'], ' cores', 2)})",
+        )
+    )
+    return rows
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _met(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "**no**")
+
+
+def render(results: Results) -> str:
+    """The results and the targets as two markdown tables (also shown on screen)."""
+    rows = result_rows(results)
+    target_rows = [(t["name"], t["target"], t["measured"], _met(t["met"])) for t in targets(results)]
+    return (
+        markdown_table(("result", "value"), rows)
+        + "\n\n"
+        + markdown_table(("target", "wanted", "measured", "met"), target_rows)
+    )
+
+
+def write_json(path: Path, results: Results) -> None:
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def notes_section(existing: str) -> str:
+    """The `## Notes` section of an existing file, unchanged, up to the next `## ` heading."""
+    lines = existing.splitlines(keepends=True)
+    for start, line in enumerate(lines):
+        if line.rstrip() == NOTES_HEADING:
+            end = start + 1
+            while end < len(lines) and not lines[end].startswith("## "):
+                end += 1
+            return "".join(lines[start:end]).rstrip("\n") + "\n"
+    return ""
+
+
+def _cpu_table(results: Results) -> str:
+    phases = ["import", "connect", "steady", "capacity"]
+    rows = []
+    servers = results["servers"]
+    if isinstance(servers, list):
+        for s in servers:
+            rows.append(
+                (f"{s['role']} {s['name']}", *(f"{s['cpu_s'].get(p, 0):.1f}" for p in phases))
+            )
+    client = results["client"]
+    rows.append(
+        (f"load generator ({client['procs']} procs)",
+         *(f"{client['cpu_s'].get(p, 0):.1f}" for p in phases))
+    )  # fmt: skip
+    return markdown_table(("process", *(f"{p} CPU s" for p in phases)), rows)
+
+
+def render_docs(results: Results, notes: str) -> str:
+    """The whole of docs/benchmarks.md for these results."""
+    machine = results["machine"]
+    params = results["params"]
+    machine_rows = [
+        ("CPU", machine["cpu_model"]),
+        ("cores", str(machine["cores"])),
+        ("RAM", f"{machine['ram_gib']} GiB"),
+        ("OS", machine["os"]),
+        ("Python", machine["python"]),
+        ("Redis", machine["redis"]),
+    ]
+    param_rows = [(k, f"`{v}`") for k, v in params.items()]
+    phases = results["steady"]
+    parts = [
+        "# Benchmarks",
+        "",
+        "Written by `buddycast bench --write-docs docs/benchmarks.md`; every section but "
+        "**Notes** is replaced on each run (keep history under Notes). Last run: "
+        f"{results['started_at']}.",
+        "",
+        "The load generator and the service share this machine, so the generator's own "
+        "CPU use is reported next to the servers'.",
+        "",
+        "## Machine",
+        "",
+        markdown_table(("", ""), machine_rows),
+        "",
+        "## Parameters",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        markdown_table(("parameter", "value"), param_rows),
+        "",
+        "## Results",
+        "",
+        markdown_table(("result", "value"), result_rows(results)),
+        "",
+        "Latencies are from the change's send time at the sender to its receipt at each "
+        f"watcher, over every delivery of a change sent during the {phases['seconds']:g} s "
+        "steady phase. `missing` counts (watcher session, subject) pairs whose last seen "
+        "version is below the subject's last acknowledged version after the settle period; "
+        "a snapshot counts as seen.",
+        "",
+        "## Targets vs measured",
+        "",
+        markdown_table(
+            ("target", "wanted", "measured", "met"),
+            [(t["name"], t["target"], t["measured"], _met(t["met"])) for t in targets(results)],
+        ),
+        "",
+        "## Where the CPU went",
+        "",
+        _cpu_table(results),
+        "",
+        "## How to reproduce",
+        "",
+        "```sh",
+        "make bench        # buddycast bench --write-docs docs/benchmarks.md",
+        f"{results['command']}",
+        "```",
+        "",
+        "`buddycast bench --help` lists every option; `--target URL` drives a running "
+        "deployment instead of starting one, `--find-capacity` steps the rate up until "
+        "p99 passes the target.",
+        "",
+    ]
+    text = "\n".join(parts)
+    if notes:
+        text += "\n" + notes
+    return text
+
+
+def write_docs(path: Path, results: Results) -> None:
+    """Rewrite `path`, keeping its `## Notes` section as it was."""
+    existing = path.read_text() if path.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_docs(results, notes_section(existing)))
