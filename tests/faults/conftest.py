@@ -18,13 +18,14 @@ def make_deployment(tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
     """Build a deployment on its own redis-server; everything is stopped after the test."""
     made: list[tuple[Deployment, RedisProcess]] = []
 
-    def make(redis_args: tuple[str, ...] = (), **settings: Any) -> Deployment:
+    def make(
+        redis_args: tuple[str, ...] = (), database_url: str | None = None, **settings: Any
+    ) -> Deployment:
         redis = RedisProcess(extra_args=redis_args).start()
         workdir = tmp_path / f"dep{len(made)}"
         workdir.mkdir()
-        dep = Deployment(
-            workdir, redis.url, f"sqlite+aiosqlite:///{workdir / 'db.sqlite'}", **settings
-        )
+        database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'db.sqlite'}"
+        dep = Deployment(workdir, redis.url, database_url, **settings)
         dep.redis = redis  # type: ignore[attr-defined]
         dep.migrate()
         made.append((dep, redis))
