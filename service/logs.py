@@ -31,6 +31,8 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log would record tokens passed as ?token=.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp's access log would record tokens passed as ?token=, and the database
+    # drivers log query parameters (status texts) at debug: they never go below WARNING.
+    for noisy in ("aiohttp.access", "aiosqlite", "asyncpg", "sqlalchemy", "redis", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

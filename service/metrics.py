@@ -59,3 +59,12 @@ SQL_LATENCY = Histogram(
 PERSISTED = Counter("buddycast_persisted_total", "Statuses written to SQL by the persist group")
 OFFLINES_DUE = Counter("buddycast_offlines_total", "Users turned offline by the reaper")
 NODES_REAPED = Counter("buddycast_nodes_reaped_total", "Dead nodes cleaned up by the reaper")
+
+
+def redis_timer(op: str) -> Histogram:
+    """The latency child of one Redis operation, bound once at import time by callers."""
+    return REDIS_LATENCY.labels(op=op)
+
+
+def sql_timer(op: str) -> Histogram:
+    return SQL_LATENCY.labels(op=op)

@@ -15,11 +15,12 @@ from typing import Any
 
 import orjson
 
-from service import keys
+from service import keys, metrics
 from service.config import Settings
 from service.domain import Presence, Status, StatusPatch, unseen_item
 from service.errors import RateLimited, Unavailable
 from service.events import status_from_hash
+from service.keys import UserKeys
 from service.scripts import Scripts
 from service.storage import Database
 
@@ -29,6 +30,16 @@ RATE_PER_S = 5
 RATE_BURST = 10
 LIST_COPY_TTL_MS = 24 * 3600 * 1000
 _MAX_HYDRATE_ATTEMPTS = 3
+
+
+_T_SET_STATUS = metrics.redis_timer("set_status")
+_T_SESSION_OPEN = metrics.redis_timer("session_open")
+_T_SESSION_CLOSE = metrics.redis_timer("session_close")
+_T_READ_STATUSES = metrics.redis_timer("read_statuses")
+_T_LIST_CHANGE = metrics.redis_timer("list_change")
+_T_LOAD_LIST = metrics.redis_timer("load_list")
+_T_SQL_STATUSES = metrics.sql_timer("get_statuses")
+_T_SQL_LIST = metrics.sql_timer("get_list")
 
 
 def now_ms() -> int:
@@ -45,15 +56,16 @@ class PresenceStore:
         self.scripts = Scripts(redis)
         self._keys = lru_cache(maxsize=65536)(self._make_keys)
 
-    def _make_keys(self, user: str) -> keys.UserKeys:
+    def _make_keys(self, user: str) -> UserKeys:
         return keys.UserKeys(user, self.settings.shards)
 
-    def keys(self, user: str) -> keys.UserKeys:
+    def keys(self, user: str) -> UserKeys:
         return self._keys(user)
 
     async def hydrate(self, users: Sequence[str]) -> None:
         """Copy the SQL statuses of `users` into Redis where Redis has none."""
-        stored = await self.db.get_statuses(users)
+        with _T_SQL_STATUSES.time():
+            stored = await self.db.get_statuses(users)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user in users:
                 s = stored.get(user) or Status(user)
@@ -83,7 +95,8 @@ class PresenceStore:
         ]
         for _ in range(_MAX_HYDRATE_ATTEMPTS):
             args[1] = now_ms()
-            result = await self.scripts.set_status(keys=[k.status, k.events, k.rate], args=args)
+            with _T_SET_STATUS.time():
+                result = await self.scripts.set_status(keys=[k.status, k.events, k.rate], args=args)
             code = int(result[0])
             if code == 1:
                 await self.hydrate([user])
@@ -106,10 +119,11 @@ class PresenceStore:
         """Register a session of `user` on `node`; the first one makes the user visible."""
         k = self.keys(user)
         for _ in range(_MAX_HYDRATE_ATTEMPTS):
-            missing = await self.scripts.session_open(
-                keys=[k.status, k.sessions, k.due, k.events],
-                args=[user, session, node, now_ms(), self.settings.stream_maxlen],
-            )
+            with _T_SESSION_OPEN.time():
+                missing = await self.scripts.session_open(
+                    keys=[k.status, k.sessions, k.due, k.events],
+                    args=[user, session, node, now_ms(), self.settings.stream_maxlen],
+                )
             if not int(missing):
                 await self.redis.sadd(keys.node_sessions(node), f"{session} {user}")
                 return
@@ -120,9 +134,10 @@ class PresenceStore:
         """Deregister a session; the last one schedules `offline` after `grace_s`."""
         k = self.keys(user)
         due_at = now_ms() + int(grace_s * 1000)
-        await self.scripts.session_close(
-            keys=[k.status, k.sessions, k.due], args=[user, session, due_at]
-        )
+        with _T_SESSION_CLOSE.time():
+            await self.scripts.session_close(
+                keys=[k.status, k.sessions, k.due], args=[user, session, due_at]
+            )
         await self.redis.srem(keys.node_sessions(node), f"{session} {user}")
 
     async def session_count(self, user: str) -> int:
@@ -148,12 +163,14 @@ class PresenceStore:
     async def load_list(self, owner: str) -> set[str]:
         """The owner's buddies: the Redis copy, or SQL (then cached) when there is none."""
         k = self.keys(owner)
-        members = await self.redis.smembers(k.list)
+        with _T_LOAD_LIST.time():
+            members = await self.redis.smembers(k.list)
         if keys.LIST_LOADED in members:
             members.discard(keys.LIST_LOADED)
             return set(members)
         seen_version = await self.redis.get(k.list_version)
-        buddies = await self.db.get_list(owner)
+        with _T_SQL_LIST.time():
+            buddies = await self.db.get_list(owner)
         await self.scripts.load_list(
             keys=[k.list, k.list_version],
             args=[seen_version or "", LIST_COPY_TTL_MS, *buddies],
@@ -170,6 +187,18 @@ class PresenceStore:
     ) -> None:
         """Mirror a committed list edit in Redis and tell the owner's sessions."""
         k = self.keys(owner)
+        with _T_LIST_CHANGE.time():
+            await self._list_change(k, owner, added, removed, gone, client)
+
+    async def _list_change(
+        self,
+        k: UserKeys,
+        owner: str,
+        added: Iterable[str],
+        removed: Iterable[str],
+        gone: dict[str, Any] | None,
+        client: Any,
+    ) -> None:
         await self.scripts.list_change(
             keys=[k.list, k.list_version, k.sessions, k.events],
             args=[
@@ -218,7 +247,8 @@ class PresenceStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for user in users:
                 pipe.hgetall(self.keys(user).status)
-            rows = await pipe.execute()
+            with _T_READ_STATUSES.time():
+                rows = await pipe.execute()
         found: dict[str, Status] = {}
         for user, row in zip(users, rows, strict=True):
             status = status_from_hash(user, row)

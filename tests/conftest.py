@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from service.embedded_redis import RedisNotFound, RedisProcess
+from tests.procs import Deployment
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -109,3 +111,27 @@ async def database(database_url: str) -> AsyncIterator[object]:
     db = Database.connect(database_url)
     yield db
     await db.close()
+
+
+@pytest.fixture
+def make_deployment(tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
+    """Build a deployment on its own redis-server; everything is stopped after the test."""
+    made: list[tuple[Deployment, RedisProcess]] = []
+
+    def make(
+        redis_args: tuple[str, ...] = (), database_url: str | None = None, **settings: Any
+    ) -> Deployment:
+        redis = RedisProcess(extra_args=redis_args).start()
+        workdir = tmp_path / f"dep{len(made)}"
+        workdir.mkdir()
+        database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'db.sqlite'}"
+        dep = Deployment(workdir, redis.url, database_url, **settings)
+        dep.redis = redis  # type: ignore[attr-defined]
+        dep.migrate()
+        made.append((dep, redis))
+        return dep
+
+    yield make
+    for dep, server in made:
+        dep.stop()
+        server.cleanup()

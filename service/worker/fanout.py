@@ -16,6 +16,8 @@ from service.worker.consumer import Entry
 log = logging.getLogger(__name__)
 
 LIVE_NODES_TTL_S = 1.0
+_T_LOOKUP = metrics.redis_timer("fanout_lookup")
+_T_INBOX_WRITE = metrics.redis_timer("fanout_inbox_write")
 
 
 class Fanout:
@@ -62,7 +64,8 @@ class Fanout:
                 pipe.smembers(self.store.keys(user).interest)
             for change in lists:
                 pipe.hvals(self.store.keys(change.owner).sessions)
-            looked_up: list[Any] = await pipe.execute()
+            with _T_LOOKUP.time():
+                looked_up: list[Any] = await pipe.execute()
 
         live = await self.live_nodes()
         batches: dict[str, InboxBatch] = {}
@@ -95,5 +98,6 @@ class Fanout:
             # A dead node's interest is dropped here, lazily; the reaper does the rest.
             for user, node in stale:
                 pipe.srem(self.store.keys(user).interest, node)
-            await pipe.execute()
+            with _T_INBOX_WRITE.time():
+                await pipe.execute()
         metrics.FANOUT_ENTRIES.inc(len(batches))
