@@ -121,14 +121,14 @@ def make_deployment(tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
     def make(
         redis_args: tuple[str, ...] = (), database_url: str | None = None, **settings: Any
     ) -> Deployment:
-        redis = RedisProcess(extra_args=redis_args).start()
+        server = RedisProcess(extra_args=redis_args).start()
         workdir = tmp_path / f"dep{len(made)}"
         workdir.mkdir()
         database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'db.sqlite'}"
-        dep = Deployment(workdir, redis.url, database_url, **settings)
-        dep.redis = redis  # type: ignore[attr-defined]
+        dep = Deployment(workdir, server.url, database_url, **settings)
+        dep.redis = server  # type: ignore[attr-defined]
         dep.migrate()
-        made.append((dep, redis))
+        made.append((dep, server))
         return dep
 
     yield make
