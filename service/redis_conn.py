@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,6 +21,9 @@ REDIS_DOWN: tuple[type[Exception], ...] = (
 """Exceptions that mean Redis is unreachable right now (answered as `unavailable`)."""
 
 COMMAND_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 512
+"""Per Redis server: a burst beyond it waits for a free connection (single Redis) or is
+retried by the caller (cluster, whose async client raises when a node's pool is full)."""
 
 
 def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
@@ -43,9 +46,14 @@ def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
             seeds.append(ClusterNode(host, int(port)))
         return RedisCluster(
             startup_nodes=seeds,
+            max_connections=MAX_CONNECTIONS,
             ssl=parts.scheme.startswith("rediss"),
             password=parts.password,
             username=parts.username,
             **common,
         )
-    return Redis.from_url(url, health_check_interval=10, **common)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=socket_timeout_s, health_check_interval=10,
+        **common,
+    )  # fmt: skip
+    return Redis(connection_pool=pool)

@@ -17,6 +17,7 @@ import contextlib
 import random
 import resource
 import signal
+import threading
 import time
 from array import array
 from collections import Counter
@@ -145,16 +146,23 @@ class Client:
         message["proc"] = self.config.index
         self.conn.send(message)
 
-    def _on_command(self) -> None:
-        try:
-            message = self.conn.recv()
-        except (EOFError, OSError):
-            message = None  # the parent is gone
-        self.commands.put_nowait(message)
+    def _read_commands(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A thread blocks on the pipe: `add_reader` would make its socket non-blocking,
+        # and then a large reply could not be written in one go.
+        while True:
+            try:
+                message: Message | None = self.conn.recv()
+            except (EOFError, OSError):
+                message = None  # the parent is gone
+            loop.call_soon_threadsafe(self.commands.put_nowait, message)
+            if message is None or message.get("cmd") == "stop":
+                return
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.conn.fileno(), self._on_command)
+        threading.Thread(
+            target=self._read_commands, args=(loop,), name="commands", daemon=True
+        ).start()
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         self._http = aiohttp.ClientSession(connector=connector)
         self.tokens = {
@@ -172,7 +180,6 @@ class Client:
                 self.send(reply)
         finally:
             self.stopping = True
-            loop.remove_reader(self.conn.fileno())
             stats.cancel()
             await asyncio.gather(stats, return_exceptions=True)
             await self._close_all()

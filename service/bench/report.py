@@ -114,14 +114,17 @@ def targets(results: Results) -> list[dict[str, Any]]:
     wanted = TARGET_CAPACITY_FACTOR * TARGET_RATE
     if capacity:
         held = capacity["max_rate_held"]
-        measured = f"{_fmt(held, ' changes/s', 0)} held ({_fmt(held / TARGET_RATE, '×')})"
+        if held is None:
+            measured = f"no step held (first step {capacity['steps'][0]['rate']:g}/s)"
+        else:
+            measured = f"{held:,.0f} changes/s held ({held / TARGET_RATE:.1f}x steady)"
         met: bool | None = held is not None and held >= wanted
     else:
         measured, met = "not measured (run with --find-capacity)", None
     rows.append(
         {
             "name": "capacity",
-            "target": f"≥ {TARGET_CAPACITY_FACTOR:g}× steady ({wanted:g} changes/s at "
+            "target": f"≥ {TARGET_CAPACITY_FACTOR:g}x steady ({wanted:g} changes/s at "
             f"p99 ≤ {TARGET_P99_MS:g} ms)",
             "measured": measured,
             "met": met,
@@ -242,7 +245,9 @@ def _met(value: bool | None) -> str:
 def render(results: Results) -> str:
     """The results and the targets as two markdown tables (also shown on screen)."""
     rows = result_rows(results)
-    target_rows = [(t["name"], t["target"], t["measured"], _met(t["met"])) for t in targets(results)]
+    target_rows = [
+        (t["name"], t["target"], t["measured"], _met(t["met"])) for t in targets(results)
+    ]
     return (
         markdown_table(("result", "value"), rows)
         + "\n\n"

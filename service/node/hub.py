@@ -36,6 +36,7 @@ INBOX_BLOCK_MS = 2000
 INBOX_COUNT = 100
 CLOSE_NODE_RESTARTING = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
+DEREGISTER_ATTEMPTS = 8
 
 
 class Hub:
@@ -139,13 +140,23 @@ class Hub:
             if not mine:
                 del self.own[session.user]
         self._unwatch(session, session.buddies)
-        try:
-            await self.store.close_session(
-                session.user, session.id, self.node, self.settings.offline_grace_s
-            )
-        except REDIS_DOWN as exc:
-            # The reaper closes it once this node's registration is found stale.
-            log.warning("could not deregister session: %s", exc)
+        await self._deregister(session)
+
+    async def _deregister(self, session: Session) -> None:
+        delay = 0.05
+        for attempt in range(DEREGISTER_ATTEMPTS):
+            try:
+                await self.store.close_session(
+                    session.user, session.id, self.node, self.settings.offline_grace_s
+                )
+                return
+            except REDIS_DOWN as exc:
+                if attempt == DEREGISTER_ATTEMPTS - 1:
+                    # Left registered: the user stays visible until this node is reaped.
+                    log.error("could not deregister a session: %r", exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def resync(self, session: Session) -> None:
         async with session.list_lock:

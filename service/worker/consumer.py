@@ -14,9 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from service import keys, metrics
+from service.scripts import Scripts
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ BLOCK_MS = 2000
 COUNT = 500
 CLAIM_IDLE_MS = 15_000
 CLAIM_EVERY_S = 5.0
+DEAD_LETTERS_MAXLEN = 100_000
 
 
 class GroupConsumer:
@@ -54,6 +57,7 @@ class GroupConsumer:
         self._claim_every_s = min(CLAIM_EVERY_S, claim_idle_ms / 2000)
         self._next_claim = time.monotonic() + self._claim_every_s
         self.stopping = asyncio.Event()
+        self.scripts = Scripts(redis)
 
     async def ensure_group(self) -> None:
         try:
@@ -147,16 +151,10 @@ class GroupConsumer:
         hopeless = [(i, f) for i, f in claimed if counts.get(i, 0) > self.max_deliveries]
         if hopeless:
             dead = keys.dead_letters(self.shard)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for entry_id, fields in hopeless:
-                    pipe.xadd(
-                        dead,
-                        {**(fields or {}), "_id": entry_id, "_group": self.group},
-                        maxlen=100_000,
-                        approximate=True,
-                    )
-                pipe.xack(self.stream, self.group, *[i for i, _ in hopeless])
-                await pipe.execute()
+            args: list[Any] = [self.group, DEAD_LETTERS_MAXLEN]
+            for entry_id, fields in hopeless:
+                args += [entry_id, orjson.dumps(fields or {}).decode()]
+            await self.scripts.dead_letter(keys=[self.stream, dead], args=args)
             metrics.DEAD_LETTERS.labels(group=self.group).inc(len(hopeless))
             log.error("%d %s entries moved to %s", len(hopeless), self.group, dead)
         rest = [(i, f) for i, f in claimed if counts.get(i, 0) <= self.max_deliveries]
