@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +84,15 @@ async def test_get_statuses_many_and_missing(database: Database) -> None:
     assert all(s.visible is False and s.user == u for u, s in got.items())
     assert await database.get_status("nobody") is None
     assert await database.get_statuses([]) == {}
+
+
+async def test_concurrent_upserts_keep_the_highest_version(database: Database) -> None:
+    versions = list(range(1, 41))
+    await asyncio.gather(
+        *(database.upsert_statuses([status("alice", v, f"v{v}")]) for v in versions[::-1])
+    )
+    got = await database.get_status("alice")
+    assert got is not None and (got.version, got.text) == (40, "v40")
 
 
 # Edges
@@ -293,6 +303,21 @@ async def test_migrate_is_idempotent(database_url: str, database: Database) -> N
     await database.ping()
 
 
+async def test_sqlite_connection_settings(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'settings.db'}"
+    await migrate(url)
+    db = Database.connect(url)
+    try:
+        async with db.engine.connect() as conn:
+            pragmas = [
+                (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+                for name in ("journal_mode", "busy_timeout", "foreign_keys")
+            ]
+    finally:
+        await db.close()
+    assert pragmas == ["wal", 5000, 0]
+
+
 async def test_unreachable_postgres_is_unavailable() -> None:
     db = Database.connect("postgresql+asyncpg://postgres@127.0.0.1:1/buddycast")
     try:
@@ -311,3 +336,8 @@ async def test_unopenable_sqlite_is_unavailable(tmp_path: Path) -> None:
             await db.get_list("a")
     finally:
         await db.close()
+        # After a failed connect aiosqlite stops its worker thread without waiting for it
+        # (omnilib/aiosqlite#241): let it finish while the event loop is still open.
+        for worker in threading.enumerate():
+            if "_connection_worker_thread" in worker.name:
+                await asyncio.to_thread(worker.join, 5)
