@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: run test lint unit integration e2e faults bench clean token
+.PHONY: run test lint unit integration e2e faults bench clean token soak
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("buddycast needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -53,3 +53,7 @@ clean:
 # A client token for local use: make token USER=alice
 token: $(VENV)/.run-installed
 	@$(BIN)/buddycast token $(USER)
+
+# Ten minutes of load with a node, a worker or Redis killed every minute (not in CI).
+soak: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.soak --minutes 10 --json soak-report.json
