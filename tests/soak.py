@@ -24,7 +24,6 @@ import orjson
 from service.embedded_redis import RedisProcess
 from tests.procs import API_HEADERS, Client, Deployment
 
-
 LOADERS = 4
 
 
