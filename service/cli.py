@@ -89,9 +89,15 @@ async def _until_signalled() -> None:
 def _log_tasks() -> None:
     """SIGUSR1: log the stack of every asyncio task, to see what a stuck process awaits."""
     for task in asyncio.all_tasks():
-        frames = task.get_stack(limit=8)
-        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
-        log.warning("task %s: %s", task.get_name(), where or "(no frames)")
+        chain: list[str] = []
+        awaiting: Any = task.get_coro()
+        while awaiting is not None and len(chain) < 30:
+            frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "ag_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:"
+                             f"{frame.f_code.co_name}:{frame.f_lineno}")  # fmt: skip
+            awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)
+        log.warning("task %s: %s", task.get_name(), " -> ".join(chain) or "(no frames)")
 
 
 async def _serve(app: web.Application, host: str, port: int, reuse_port: bool) -> None:

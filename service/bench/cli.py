@@ -273,7 +273,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if bench is not None:
             bench.close()
         if deployment is not None:
+            stopping = time.monotonic()
             deployment.stop()
+            _say(f"deployment stopped in {time.monotonic() - stopping:.1f} s")
         if keep:
             _say(f"logs and data kept in {workdir}")
         else:

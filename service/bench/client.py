@@ -39,6 +39,7 @@ CONNECT_ATTEMPTS = 5
 SNAPSHOT_TIMEOUT_S = 60.0
 TOKEN_TTL_S = 24 * 3600
 SEND_TICK_S = 0.002
+LAG_PROBE_S = 0.05
 
 Message = dict[str, Any]
 
@@ -126,6 +127,8 @@ class Client:
         self.pending: dict[str, tuple[int, float]] = {}
         self.acked_version: dict[int, int] = {}
         self._ref = 0
+        self.loop_lag_max = 0.0
+        self._current: asyncio.Task[Message] | None = None
         self._readers: set[asyncio.Task[None]] = set()
         rng = random.Random(config.seed * 1000 + config.index)
         senders = [u for u in config.owned if u != CELEBRITY]
@@ -154,9 +157,17 @@ class Client:
                 message: Message | None = self.conn.recv()
             except (EOFError, OSError):
                 message = None  # the parent is gone
-            loop.call_soon_threadsafe(self.commands.put_nowait, message)
             if message is None or message.get("cmd") == "stop":
+                # Stop now, even in the middle of a phase (Ctrl-C, an error in the parent).
+                loop.call_soon_threadsafe(self._stop_now)
                 return
+            loop.call_soon_threadsafe(self.commands.put_nowait, message)
+
+    def _stop_now(self) -> None:
+        self.stopping = True
+        if self._current is not None:
+            self._current.cancel()
+        self.commands.put_nowait(None)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -170,18 +181,28 @@ class Client:
             for u in self.config.owned
         }
         stats = asyncio.create_task(self._stats_loop())
+        lag = asyncio.create_task(self._lag_loop())
         self.send({"type": "ready"})
         try:
             while True:
                 command = await self.commands.get()
-                if command is None or command["cmd"] == "stop":
+                if command is None or self.stopping:
                     break
-                reply = await self._dispatch(command)
+                self._current = asyncio.create_task(self._dispatch(command))
+                try:
+                    reply = await self._current
+                except asyncio.CancelledError:
+                    if self.stopping:
+                        break
+                    raise
+                finally:
+                    self._current = None
                 self.send(reply)
         finally:
             self.stopping = True
             stats.cancel()
-            await asyncio.gather(stats, return_exceptions=True)
+            lag.cancel()
+            await asyncio.gather(stats, lag, return_exceptions=True)
             await self._close_all()
         with contextlib.suppress(OSError):
             self.send({"type": "stopped"})
@@ -210,6 +231,15 @@ class Client:
             await asyncio.sleep(STATS_EVERY_S)
             self.send(self.stats())
 
+    async def _lag_loop(self) -> None:
+        # How late a short sleep wakes up: if this grows, latencies include the
+        # generator's own delay, and the figures say so.
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_PROBE_S)
+            lag = time.monotonic() - before - LAG_PROBE_S
+            self.loop_lag_max = max(self.loop_lag_max, lag)
+
     def stats(self) -> Message:
         return {
             "type": "stats",
@@ -234,6 +264,7 @@ class Client:
         # The celebrity first, so that every later snapshot can list them online.
         order = sorted(self.config.owned, key=lambda u: u != CELEBRITY)
         started = time.time()
+        self.loop_lag_max = 0.0
         results = await asyncio.gather(*(self._open(u, gate) for u in order))
         to_snapshot = array("d", (r for r in results if r is not None))
         nodes = Counter(s.node for s in self.sessions.values() if not s.closed)
@@ -247,6 +278,7 @@ class Client:
             "started": started,
             "done": time.time(),
             "to_snapshot": to_snapshot.tobytes(),
+            "loop_lag_max": self.loop_lag_max,
             "failed": sum(1 for r in results if r is None),
             "nodes": dict(nodes),
             "snapshot_mismatches": mismatched,
@@ -427,6 +459,7 @@ class Client:
         celebrity = self.sessions.get(CELEBRITY)
         next_celebrity = start + celebrity_every / 2 if celebrity_every > 0 else float("inf")
         cpu_before = cpu_seconds()
+        self.loop_lag_max = 0.0
         while True:
             now = time.time()
             if now >= end:
@@ -473,6 +506,8 @@ class Client:
             sent[:] = keep_sent
             latency[:] = keep_latency
         out["unacked"] = sum(1 for _, s in self.pending.values() if start <= s < end)
+        out["loop_lag_max"] = self.loop_lag_max
+        self.loop_lag_max = 0.0
         out["regressions"] = self.regressions
         out["foreign"] = self.foreign
         return out

@@ -83,6 +83,7 @@ class Monitor:
         self.peak_rss: dict[str, int] = {name: 0 for _, name, _ in self.servers}
         self.cpu: dict[str, dict[str, float]] = {n: {} for _, n, _ in self.servers}
         self.client_cpu: dict[str, float] = {}
+        self.wall: dict[str, float] = {}
         self.phase = "setup"
         self._phase_started = time.monotonic()
         self._server_cpu_at: dict[str, float] = {}
@@ -133,6 +134,8 @@ class Monitor:
         self.client_cpu[self.phase] = (
             self.client_cpu.get(self.phase, 0.0) + client_cpu - self._client_cpu_at
         )
+        elapsed = time.monotonic() - self._phase_started
+        self.wall[self.phase] = self.wall.get(self.phase, 0.0) + elapsed
         self.phase = "between"
         self.sample()
 
@@ -362,6 +365,7 @@ class Bench:
         self.pool.stop()
         self.results["servers"] = self._servers(rss_before, rss_after)
         self.results["client"] = self._client()
+        self.results["phase_seconds"] = {k: round(v, 1) for k, v in self.monitor.wall.items()}
         return self.results
 
     def _import(self) -> tuple[int, float]:
@@ -449,6 +453,7 @@ class Bench:
             "sessions_per_s": round(sessions / seconds, 1) if seconds > 0 else None,
             "time_to_snapshot_ms": report.percentiles(to_snapshot, (50, 99, 100)),
             "snapshot_mismatches": sum(int(r["snapshot_mismatches"]) for r in replies),
+            "client_loop_lag_max_ms": round(max(r["loop_lag_max"] for r in replies) * 1000, 1),
             "settle_seconds": round(settle_s, 1),
             "per_node": dict(nodes),
             "errors": dict(errors),
@@ -495,6 +500,7 @@ class Bench:
             "celebrity_deliveries": len(celebrity),
             "deliveries_per_s": round(len(latencies) / seconds, 1),
             "client_cpu_s": round(cpu, 2),
+            "client_loop_lag_max_ms": round(max(r["loop_lag_max"] for r in samples) * 1000, 1),
             "errors": dict(errors),
         }
 

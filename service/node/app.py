@@ -13,7 +13,8 @@ from service.node.context import DATABASE, HUB, LIMITER, REDIS, SETTINGS, Connec
 from service.node.hub import Hub
 from service.node.ws import websocket_handler
 from service.runtime import Runtime
-from service.worker import Worker
+from service.tasks import cancel_and_wait
+from service.worker import STOP_TIMEOUT_S, Worker
 
 
 def create_app(settings: Settings, *, with_worker: bool = False) -> web.Application:
@@ -43,8 +44,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> web.Applicat
         yield
         await hub.stop()
         if worker_task is not None:
-            worker_task.cancel()
-            await asyncio.gather(worker_task, return_exceptions=True)
+            await cancel_and_wait([worker_task], timeout_s=STOP_TIMEOUT_S + 3)
         await runtime.close()
 
     app.cleanup_ctx.append(resources)
@@ -74,8 +74,7 @@ def create_worker_app(settings: Settings) -> web.Application:
             Worker(runtime.store, runtime.blocking_redis, settings).run(), name="worker"
         )
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait([task], timeout_s=STOP_TIMEOUT_S + 3)
         await runtime.close()
 
     app.cleanup_ctx.append(resources)

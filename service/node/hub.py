@@ -29,6 +29,7 @@ from service.node.session import CachedItem, Session
 from service.presence import PresenceStore, now_ms
 from service.protocol import list_frame, snapshot_frame
 from service.redis_conn import REDIS_DOWN
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,7 @@ class Hub:
             return_exceptions=True,
         )
         await asyncio.gather(*(self.close(s) for s in sessions), return_exceptions=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait([*self._tasks, *self._background])
         await self.interest.stop()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:

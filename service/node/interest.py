@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from service import keys
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,7 @@ class InterestRegistry:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
 
     async def add(self, subjects: Iterable[str]) -> None:
         """Register interest and wait until Redis has it."""

@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 
 from service import metrics
 from service.protocol import status_frame
+from service.tasks import cancel_and_wait
 
 MAX_CONTROL_BYTES = 1 << 20
 """Queued non-status frames (acks, list frames) beyond this mean the client is not reading."""
@@ -141,5 +142,4 @@ class Session:
     async def stop_writer(self) -> None:
         self.closed = True
         if self.writer is not None and self.writer is not asyncio.current_task():
-            self.writer.cancel()
-            await asyncio.gather(self.writer, return_exceptions=True)
+            await cancel_and_wait([self.writer], timeout_s=1.0)

@@ -8,6 +8,7 @@ from typing import Any
 from service import keys
 from service.config import Settings
 from service.presence import PresenceStore
+from service.tasks import cancel_and_wait
 from service.worker.consumer import BLOCK_MS, GroupConsumer
 from service.worker.fanout import Fanout
 from service.worker.persist import Persist
@@ -46,16 +47,13 @@ class Worker:
             # wait(), not gather(): cancelling this must not cancel the consumers mid-batch.
             await asyncio.wait([*tasks, reaper], return_when=asyncio.FIRST_EXCEPTION)
         finally:
-            reaper.cancel()
             for consumer in self.consumers:
                 consumer.stopping.set()
             # A consumer stops after its current read and batch (a read blocks at most
             # BLOCK_MS); one that takes longer is cancelled and its batch stays pending
             # for another worker to claim.
             _done, late = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*tasks, reaper, return_exceptions=True)
+            await cancel_and_wait([*late, reaper])
 
 
 BLOCKING_SOCKET_TIMEOUT_S = BLOCK_MS / 1000 + 5
