@@ -56,4 +56,4 @@ def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
         url, max_connections=MAX_CONNECTIONS, timeout=socket_timeout_s, health_check_interval=10,
         **common,
     )  # fmt: skip
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

@@ -49,7 +49,8 @@ async def test_redis_data_loss_nodes_reregister_and_watchers_converge(make_deplo
     )
     await asyncio.sleep(1.0)  # the persist group writes the status to SQL
 
-    redis.Redis(port=dep.redis.port).flushall()
+    with redis.Redis(port=dep.redis.port) as r:
+        r.flushall()
 
     # Nodes notice the new epoch, re-register sessions and interest; the status
     # comes back from SQL and bob's next change reaches alice.

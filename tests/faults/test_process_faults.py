@@ -75,8 +75,8 @@ async def test_worker_sigkill_mid_burst_loses_nothing(make_deployment, http) -> 
     assert sum(1 for _ in acked) == 20
     dep.add("worker")
     await converge(clients, acked, timeout_s=30)
-    dead = redis.Redis(port=dep.redis.port, decode_responses=True)
-    assert sum(dead.xlen(f"bc:{{s{s}}}:dead") for s in range(4)) == 0
+    with redis.Redis(port=dep.redis.port, decode_responses=True) as r:
+        assert sum(r.xlen(f"bc:{{s{s}}}:dead") for s in range(4)) == 0
     await asyncio.gather(*(c.close() for c in clients))
 
 
@@ -102,9 +102,9 @@ async def test_redis_restart_with_aof(make_deployment, http, fsync) -> None:
             break
         except AssertionError:
             await asyncio.sleep(0.2)
-    r = redis.Redis(port=dep.redis.port, decode_responses=True)
-    for user in users:
-        assert int(r.hget(f"bc:{{s{_shard(user)}}}:st:{user}", "v")) == acked[user]
+    with redis.Redis(port=dep.redis.port, decode_responses=True) as r:
+        for user in users:
+            assert int(r.hget(f"bc:{{s{_shard(user)}}}:st:{user}", "v")) == acked[user]
     await converge(clients, acked, timeout_s=20)
     assert all(p.running for p in dep.nodes + dep.workers)
     await asyncio.gather(*(c.close() for c in clients))

@@ -101,6 +101,7 @@ VALID: list[tuple[str, str, Any]] = [
     ("stream_maxlen", "5000", 5000),
     ("inbox_maxlen", "1000", 1000),
     ("max_deliveries", "3", 3),
+    ("claim_idle_s", "2.5", 2.5),
     ("reuse_port", "true", True),
     ("log_level", "DEBUG", "debug"),
     ("log_format", "json", "json"),
