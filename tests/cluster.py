@@ -75,7 +75,8 @@ class RedisCluster:
                 if node.process is None:
                     continue
                 try:
-                    info = redis.Redis(port=node.port).cluster("info")
+                    with redis.Redis(port=node.port) as client:
+                        info = client.cluster("info")
                     states.append(info.get("cluster_state") == "ok")
                 except redis.RedisError:
                     states.append(False)
@@ -85,9 +86,10 @@ class RedisCluster:
         raise RuntimeError("cluster did not reach state ok")
 
     def master_of(self, key: str) -> RedisProcess:
-        client = redis.Redis(port=self.nodes[0].port)
-        slot = client.cluster("keyslot", key)
-        for start, end, master, *_ in client.cluster("slots"):
+        with redis.Redis(port=self.nodes[0].port) as client:
+            slot = client.cluster("keyslot", key)
+            slots = client.cluster("slots")
+        for start, end, master, *_ in slots:
             if start <= slot <= end:
                 port = int(master[1])
                 return next(n for n in self.nodes if n.port == port)
