@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 from types import FrameType
@@ -202,7 +203,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_SETUP
     raise_nofile_limit()  # the nodes inherit it too
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="buddycast-bench-"))
+    workdir: Path | None = None
     deployment: Deployment | None = None
     bench: Bench | None = None
     started_at = report.now_iso()
@@ -219,6 +220,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"in {time.monotonic() - started:.1f} s"
         )
         if config.target is None:
+            workdir = Path(tempfile.mkdtemp(prefix="buddycast-bench-"))
             _say(f"starting redis, {config.nodes} node(s), {config.workers} worker(s) in {workdir}")
             deployment = Deployment(
                 workdir,
@@ -228,7 +230,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 # never meets the cap.
                 max_buddies=config.max_list + 1,
                 database_url=config.database_url,
-            ).start()
+            )
+            # Assigned before it starts, so a half-started deployment is stopped too.
+            deployment.start()
             url, api_key, jwt_secret = deployment.url, deployment.api_key, deployment.jwt_secret
             redis = deployment.redis_version()
         else:
@@ -254,7 +258,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     "max_list": max(sizes),
                     "celebrity": user_name(config.prefix, 0),
                 },
-                "workdir": str(workdir) if keep else None,
+                "workdir": str(workdir) if keep and workdir else None,
             }
         )
         results["targets"] = report.targets(results)
@@ -268,6 +272,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         keep = True
     except KeyboardInterrupt:
         _say("interrupted")
+    except Exception:
+        # A bug or an unforeseen failure: the run did not complete, which is exit 2, not
+        # the correctness failure that exit 1 reports.
+        _say("failed:\n" + traceback.format_exc())
+        keep = True
     finally:
         signal.signal(signal.SIGTERM, previous)
         if bench is not None:
@@ -276,9 +285,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             stopping = time.monotonic()
             deployment.stop()
             _say(f"deployment stopped in {time.monotonic() - stopping:.1f} s")
-        if keep:
+        if workdir is not None and keep:
             _say(f"logs and data kept in {workdir}")
-        else:
+        elif workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     if code == EXIT_SETUP:
         return code

@@ -2,8 +2,8 @@
 
 The parent sends commands over a pipe (connect, send, collect, acked, check, stop) and
 gets one reply per command, plus a `stats` message twice a second for the progress line.
-Every session runs on one aiohttp ClientSession, so the process opens no more than one
-connection per session.
+Every session runs on one aiohttp ClientSession (a connector without a connection limit:
+each WebSocket holds its connection for the whole run).
 
 Each change carries its send time in its status text (`MARK` + seconds since the epoch);
 a watcher's latency is its receipt time minus that. All processes share the machine's
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import resource
 import signal
@@ -84,11 +85,36 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class GcWatch:
+    """The longest pause of the cyclic garbage collector, to tell it from other stalls."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pause_max = 0.0
+        self.pauses = 0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        elif self.started:
+            self.pause_max = max(self.pause_max, time.perf_counter() - self.started)
+            self.pauses += 1
+
+    def take(self) -> float:
+        """The longest pause since the last call."""
+        pause, self.pause_max = self.pause_max, 0.0
+        return pause
+
+
+GC = GcWatch()
+
+
 def child_main(conn: Connection, config: ChildConfig) -> None:
     """Entry point of a spawned client process."""
     # Ctrl-C reaches the whole process group; the parent decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise_nofile_limit()
+    gc.callbacks.append(GC)
     client = Client(conn, config)
     try:
         import uvloop
@@ -99,6 +125,8 @@ def child_main(conn: Connection, config: ChildConfig) -> None:
 
 
 class Client:
+    """The sessions of one process, the commands that drive them, and what they measured."""
+
     def __init__(self, conn: Connection, config: ChildConfig) -> None:
         self.conn = conn
         self.config = config
@@ -111,6 +139,7 @@ class Client:
         self.tokens: dict[int, str] = {}
         # Counters for the progress line and the report.
         self.connected = 0
+        self.closed = 0
         self.sent = 0
         self.acked = 0
         self.deliveries = 0
@@ -247,7 +276,7 @@ class Client:
             "sent": self.sent,
             "acked": self.acked,
             "deliveries": self.deliveries,
-            "closed": sum(1 for s in self.sessions.values() if s.closed),
+            "closed": self.closed,
         }
 
     async def _close_all(self) -> None:
@@ -265,7 +294,16 @@ class Client:
         order = sorted(self.config.owned, key=lambda u: u != CELEBRITY)
         started = time.time()
         self.loop_lag_max = 0.0
-        results = await asyncio.gather(*(self._open(u, gate) for u in order))
+        GC.take()
+        # Every session adds long-lived objects, and each full collection scans them all:
+        # measured, that stalled this loop for over a second mid-storm. Collect once when
+        # the sessions are open and freeze the survivors, so later passes skip them.
+        gc.disable()
+        try:
+            results = await asyncio.gather(*(self._open(u, gate) for u in order))
+        finally:
+            done = time.time()
+            gc.enable()
         to_snapshot = array("d", (r for r in results if r is not None))
         nodes = Counter(s.node for s in self.sessions.values() if not s.closed)
         mismatched = sum(
@@ -273,17 +311,21 @@ class Client:
             for s in self.sessions.values()
             if not s.closed and set(s.seen) != set(self.config.lists[s.user])
         )
-        return {
+        reply: Message = {
             "type": "connected",
             "started": started,
-            "done": time.time(),
+            "done": done,
             "to_snapshot": to_snapshot.tobytes(),
             "loop_lag_max": self.loop_lag_max,
+            "gc_pause_max": GC.take(),
             "failed": sum(1 for r in results if r is None),
             "nodes": dict(nodes),
             "snapshot_mismatches": mismatched,
             "errors": dict(self.errors),
         }
+        gc.collect()
+        gc.freeze()
+        return reply
 
     async def _open(self, user: int, gate: asyncio.Semaphore) -> float | None:
         url = f"{self.config.url}/v1/ws?token={self.tokens[user]}"
@@ -375,6 +417,7 @@ class Client:
             pass
         session.closed = True
         session.close_code = ws.close_code
+        self.closed += 1
         if not self.stopping:
             self.errors[f"session_closed_{ws.close_code}"] += 1
 
@@ -460,6 +503,7 @@ class Client:
         next_celebrity = start + celebrity_every / 2 if celebrity_every > 0 else float("inf")
         cpu_before = cpu_seconds()
         self.loop_lag_max = 0.0
+        GC.take()
         while True:
             now = time.time()
             if now >= end:
@@ -507,6 +551,7 @@ class Client:
             latency[:] = keep_latency
         out["unacked"] = sum(1 for _, s in self.pending.values() if start <= s < end)
         out["loop_lag_max"] = self.loop_lag_max
+        out["gc_pause_max"] = GC.take()
         self.loop_lag_max = 0.0
         out["regressions"] = self.regressions
         out["foreign"] = self.foreign

@@ -7,6 +7,7 @@ so their sessions close before the workers and Redis go.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import signal
@@ -26,6 +27,7 @@ from service.errors import BuddycastError
 BUDDYCAST = [sys.executable, "-m", "service"]
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1
 
 
 class SetupError(BuddycastError):
@@ -139,6 +141,7 @@ class Deployment:
             proc.popen = subprocess.Popen(
                 [*BUDDYCAST, role], env=self.env(node_id, port), cwd=self.workdir,
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )  # fmt: skip
         self.processes.append(proc)
 
@@ -175,6 +178,14 @@ class Deployment:
         if self.redis is None:
             return "n/a"
         return redis_version(self.redis.url)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the bench dies, even by SIGKILL (Linux only)."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _listens(pid: int, port: int) -> bool:

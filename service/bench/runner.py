@@ -454,6 +454,7 @@ class Bench:
             "time_to_snapshot_ms": report.percentiles(to_snapshot, (50, 99, 100)),
             "snapshot_mismatches": sum(int(r["snapshot_mismatches"]) for r in replies),
             "client_loop_lag_max_ms": round(max(r["loop_lag_max"] for r in replies) * 1000, 1),
+            "client_gc_pause_max_ms": round(max(r["gc_pause_max"] for r in replies) * 1000, 1),
             "settle_seconds": round(settle_s, 1),
             "per_node": dict(nodes),
             "errors": dict(errors),
@@ -501,6 +502,7 @@ class Bench:
             "deliveries_per_s": round(len(latencies) / seconds, 1),
             "client_cpu_s": round(cpu, 2),
             "client_loop_lag_max_ms": round(max(r["loop_lag_max"] for r in samples) * 1000, 1),
+            "client_gc_pause_max_ms": round(max(r["gc_pause_max"] for r in samples) * 1000, 1),
             "errors": dict(errors),
         }
 

@@ -56,6 +56,9 @@ class Hub:
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        # Loops also check this: a cancellation lost inside a library must not keep
+        # them running.
+        self._stopping = False
         self._inbox_id = "0-0"
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -81,6 +84,7 @@ class Hub:
             return_exceptions=True,
         )
         await asyncio.gather(*(self.close(s) for s in sessions), return_exceptions=True)
+        self._stopping = True
         await cancel_and_wait([*self._tasks, *self._background])
         await self.interest.stop()
         try:
@@ -260,11 +264,15 @@ class Hub:
             session.buddies.difference_update(removed)
             self._unwatch(session, removed)
             session.buddies.update(added)
-            await self._watch(session, added)
+            # Until the list frame is queued, items of the added subjects are not pushed:
+            # the frame carries their latest item, and nothing may come before it.
+            session.held.update(added)
+            try:
+                await self._watch(session, added)
+            finally:
+                session.held.difference_update(added)
             if session.closed:
                 return
-            for subject in added:
-                session.pending.pop(subject, None)
             items = []
             for subject in added:
                 cached = self.latest.get(subject)
@@ -276,7 +284,7 @@ class Hub:
         inbox = keys.node_inbox(self.node)
         backoff = 0.1
         read_since_trim = 0
-        while True:
+        while not self._stopping:
             try:
                 response = await self.blocking_redis.xread(
                     {inbox: self._inbox_id}, count=INBOX_COUNT, block=INBOX_BLOCK_MS
@@ -341,7 +349,7 @@ class Hub:
 
     async def _heartbeat_loop(self) -> None:
         interval = max(0.2, min(1.0, self.settings.node_ttl_s / 4))
-        while True:
+        while not self._stopping:
             await asyncio.sleep(interval)
             try:
                 await self._heartbeat_once()
@@ -351,7 +359,7 @@ class Hub:
                 log.warning("heartbeat failed: %s", exc)
 
     async def _slow_client_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for session in list(self.sessions.values()):

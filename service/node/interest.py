@@ -26,11 +26,14 @@ class InterestRegistry:
         self._waiters: list[asyncio.Future[None]] = []
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="interest-flusher")
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._kick.set()
         if self._task is not None:
             await cancel_and_wait([self._task])
 
@@ -51,7 +54,7 @@ class InterestRegistry:
 
     async def _run(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             await self._kick.wait()
             self._kick.clear()
             batch, self._desired = self._desired, {}

@@ -41,6 +41,7 @@ class Session:
         "closed",
         "control",
         "control_bytes",
+        "held",
         "id",
         "list_backlog",
         "list_lock",
@@ -59,6 +60,8 @@ class Session:
         self.ws = ws
         self.buddies: set[str] = set()
         self.pending: dict[str, CachedItem] = {}
+        # Subjects being added to the list: no status of them may precede the list frame.
+        self.held: set[str] = set()
         self.control: deque[bytes] = deque()
         self.control_bytes = 0
         self.ready = False
@@ -72,6 +75,8 @@ class Session:
 
     def push_status(self, subject: str, cached: CachedItem) -> None:
         """Queue `subject`'s latest item, replacing an unsent older one."""
+        if subject in self.held:
+            return
         if subject in self.pending:
             metrics.OUTBOX_COALESCED.inc()
         self.pending[subject] = cached

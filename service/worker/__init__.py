@@ -47,6 +47,7 @@ class Worker:
             # wait(), not gather(): cancelling this must not cancel the consumers mid-batch.
             await asyncio.wait([*tasks, reaper], return_when=asyncio.FIRST_EXCEPTION)
         finally:
+            self.reaper.stopping = True
             for consumer in self.consumers:
                 consumer.stopping.set()
             # A consumer stops after its current read and batch (a read blocks at most

@@ -22,6 +22,7 @@ class Reaper:
         self.store = store
         self.redis = store.redis
         self.settings = settings
+        self.stopping = False
 
     async def run(self) -> None:
         await asyncio.gather(
@@ -32,7 +33,7 @@ class Reaper:
 
     async def _every(self, period_s: float, job: object) -> None:
         backoff = period_s
-        while True:
+        while not self.stopping:
             try:
                 await job()  # type: ignore[operator]
                 backoff = period_s
