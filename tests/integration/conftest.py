@@ -21,6 +21,14 @@ API_KEY = "k" * 32
 JWT_SECRET = "x" * 32
 
 
+@pytest.fixture(autouse=True)
+def quick_worker_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process workers stop after their current blocking read: keep it short here."""
+    from service.worker import consumer
+
+    monkeypatch.setattr(consumer, "BLOCK_MS", 100)
+
+
 def auth(key: str = API_KEY) -> dict[str, str]:
     """Headers carrying the backend API key."""
     return {"Authorization": f"Bearer {key}"}
