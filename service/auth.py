@@ -39,6 +39,9 @@ def verify_token(token: str, secret: str) -> str:
         raise Unauthorized("token signature is invalid") from exc
     except jwt.PyJWTError as exc:
         raise Unauthorized("token is malformed or not HS256") from exc
+    # PyJWT accepts a numeric string; RFC 7519 wants a NumericDate, a JSON number.
+    if isinstance(claims.get("exp"), bool) or not isinstance(claims.get("exp"), int | float):
+        raise Unauthorized("token exp must be a number")
     try:
         return validate_user_id(claims.get("sub"), "token sub")
     except BadRequest as exc:

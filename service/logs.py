@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import orjson
+
+# A JWT anywhere, and whatever follows `token=` or `Bearer `: a malformed request line
+# or header is logged by aiohttp itself, token and all.
+_SECRETS = re.compile(
+    r"eyJ[\w-]*\.[\w-]*\.[\w-]*|(?<=token=)[^&\s\"']+|(?<=Bearer )[^\s\"']+", re.I
+)
+
+
+def redact(text: str) -> str:
+    """`text` with tokens and bearer credentials replaced."""
+    return _SECRETS.sub("[redacted]", text)
+
+
+class PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -14,10 +31,10 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
 
 
@@ -27,7 +44,7 @@ def configure(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -115,18 +115,32 @@ class PresenceStore:
             )
         raise Unavailable("status could not be loaded")
 
-    async def open_session(self, user: str, session: str, node: str) -> None:
-        """Register a session of `user` on `node`; the first one makes the user visible."""
+    async def open_session(self, user: str, session: str, node: str, max_sessions: int = 0) -> bool:
+        """Register a session of `user` on `node`; False when the user is at `max_sessions`.
+
+        The user's first session makes them visible to watchers.
+        """
         k = self.keys(user)
         for _ in range(_MAX_HYDRATE_ATTEMPTS):
             with _T_SESSION_OPEN.time():
-                missing = await self.scripts.session_open(
-                    keys=[k.status, k.sessions, k.due, k.events],
-                    args=[user, session, node, now_ms(), self.settings.stream_maxlen],
+                code = int(
+                    await self.scripts.session_open(
+                        keys=[k.status, k.sessions, k.due, k.events],
+                        args=[
+                            user,
+                            session,
+                            node,
+                            now_ms(),
+                            self.settings.stream_maxlen,
+                            max_sessions,
+                        ],
+                    )
                 )
-            if not int(missing):
+            if code == 2:
+                return False
+            if code == 0:
                 await self.redis.sadd(keys.node_sessions(node), f"{session} {user}")
-                return
+                return True
             await self.hydrate([user])
         raise Unavailable("status could not be loaded")
 

@@ -124,6 +124,8 @@ class Monitor:
         self._phase_started = time.monotonic()
         self._server_cpu_at = {n: self.server_cpu(p) for _, n, p in self.servers}
         self._client_cpu_at = client_cpu
+        self._machine_at = _machine_busy()
+        self._own_at = self.server_cpu(self._own)
 
     def end(self, client_cpu: float) -> None:
         if self.phase not in PHASES:
@@ -136,6 +138,20 @@ class Monitor:
         )
         elapsed = time.monotonic() - self._phase_started
         self.wall[self.phase] = self.wall.get(self.phase, 0.0) + elapsed
+        # Whatever else ran on the machine meanwhile: a reader can tell disturbed figures.
+        ours = sum(self.cpu[n].get(self.phase, 0.0) for n in self.cpu) - sum(
+            self.cpu[n].get(self.phase, 0.0) for n in self._cpu_before_end
+        )
+        del ours
+        machine = _machine_busy() - self._machine_at
+        mine = (
+            sum(self.server_cpu(p) - self._server_cpu_at.get(n, 0.0) for _, n, p in self.servers)
+            + client_cpu
+            - self._client_cpu_at
+            + self.server_cpu(self._own)
+            - self._own_at
+        )
+        self.other_cpu[self.phase] = self.other_cpu.get(self.phase, 0.0) + max(0.0, machine - mine)
         self.phase = "between"
         self.sample()
 

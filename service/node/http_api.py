@@ -308,14 +308,15 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_put("/v1/users/{user}/buddies/{buddy}", put_buddy)
-    app.router.add_delete("/v1/users/{user}/buddies/{buddy}", delete_buddy)
-    app.router.add_get("/v1/users/{user}/buddies", get_buddies, allow_head=False)
-    app.router.add_put("/v1/friendships/{a}/{b}", put_friendship)
-    app.router.add_delete("/v1/friendships/{a}/{b}", delete_friendship)
-    app.router.add_get("/v1/users/{user}/status", get_status, allow_head=False)
-    app.router.add_put("/v1/users/{user}/status", put_status)
-    app.router.add_delete("/v1/users/{user}", delete_user)
+    # `[^/]+` rather than aiohttp's default `[^{}/]+`: an id with a brace is a 400, not a 404.
+    app.router.add_put("/v1/users/{user:[^/]+}/buddies/{buddy:[^/]+}", put_buddy)
+    app.router.add_delete("/v1/users/{user:[^/]+}/buddies/{buddy:[^/]+}", delete_buddy)
+    app.router.add_get("/v1/users/{user:[^/]+}/buddies", get_buddies, allow_head=False)
+    app.router.add_put("/v1/friendships/{a:[^/]+}/{b:[^/]+}", put_friendship)
+    app.router.add_delete("/v1/friendships/{a:[^/]+}/{b:[^/]+}", delete_friendship)
+    app.router.add_get("/v1/users/{user:[^/]+}/status", get_status, allow_head=False)
+    app.router.add_put("/v1/users/{user:[^/]+}/status", put_status)
+    app.router.add_delete("/v1/users/{user:[^/]+}", delete_user)
     app.router.add_post("/v1/import", import_edges)
     app.router.add_get("/v1/openapi.yaml", openapi, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)

@@ -107,15 +107,12 @@ class Hub:
         return uuid.uuid4().hex[:16]
 
     async def open(self, session: Session) -> None:
-        """Register the session, load its list, and queue its snapshot."""
+        """Index a session registered in Redis, load its list, and queue its snapshot."""
         started = time.perf_counter()
         self.sessions[session.id] = session
         self.own.setdefault(session.user, set()).add(session)
         metrics.SESSIONS_OPEN.inc()
         metrics.CONNECTS.inc()
-        await self.store.open_session(session.user, session.id, self.node)
-        if session.closed:
-            return
         buddies = await self.store.load_list(session.user)
         if session.closed:
             return
@@ -133,6 +130,9 @@ class Hub:
     async def close(self, session: Session) -> None:
         """Forget the session; its user's last session schedules offline after the grace."""
         if self.sessions.pop(session.id, None) is None:
+            # Registered in Redis before the upgrade, never indexed here.
+            session.closed = True
+            await self._deregister(session)
             return
         metrics.SESSIONS_OPEN.dec()
         session.closed = True

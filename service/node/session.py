@@ -7,6 +7,7 @@ item of a subject replaces an unsent older one, and the writer sends what is the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -36,6 +37,7 @@ class CachedItem:
 
 class Session:
     __slots__ = (
+        "_idle",
         "_wake",
         "buddies",
         "closed",
@@ -71,6 +73,7 @@ class Session:
         self.list_lock = asyncio.Lock()
         self.sending_since: float | None = None
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
 
     def push_status(self, subject: str, cached: CachedItem) -> None:
@@ -139,6 +142,16 @@ class Session:
                     return
                 finally:
                     self.sending_since = None
+            self._idle.set()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until everything queued is written, at most `timeout_s`."""
+        if not self.ready or self.closed:
+            return
+        self._idle.clear()
+        self._wake.set()  # the writer sets _idle once it has nothing left to send
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
 
     def stalled_for(self, now: float) -> float:
         """Seconds the writer has been stuck on one send (0 when it is not)."""

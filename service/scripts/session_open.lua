@@ -1,11 +1,17 @@
 -- Register a session; the user's first session makes them visible to watchers.
 -- KEYS: status, sessions, due, events
--- ARGV: user, session, node, now_ms, maxlen
--- Returns 1 when the status hash is missing (hydrate first), else 0.
+-- ARGV: user, session, node, now_ms, maxlen, max_sessions (0: no cap)
+-- Returns 0 when registered, 1 when the status hash is missing (hydrate first),
+-- 2 when the user already holds max_sessions sessions.
 local status, sessions, due, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user, now = ARGV[1], tonumber(ARGV[4])
 if redis.call('EXISTS', status) == 0 then
   return 1
+end
+local cap = tonumber(ARGV[6]) or 0
+if cap > 0 and redis.call('HEXISTS', sessions, ARGV[2]) == 0
+    and redis.call('HLEN', sessions) >= cap then
+  return 2
 end
 redis.call('HSET', sessions, ARGV[2], ARGV[3])
 -- Back within the grace period: the pending offline is cancelled and watchers see nothing.
