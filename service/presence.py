@@ -75,9 +75,19 @@ class PresenceStore:
             await pipe.execute()
 
     async def commit_status(
-        self, user: str, patch: StatusPatch, *, limited: bool, request_id: str | None = None
+        self,
+        user: str,
+        patch: StatusPatch,
+        *,
+        limited: bool,
+        request_id: str | None = None,
+        session: tuple[str, str] | None = None,
     ) -> Status:
-        """Apply `patch` in one script (rate-limited for WebSocket clients); return the result."""
+        """Apply `patch` in one script (rate-limited for WebSocket clients); return the result.
+
+        `session` (id, node) is the WebSocket session asking: when Redis has lost the
+        user's status, that session is registered again first, so the user stays visible.
+        """
         k = self.keys(user)
         args = [
             user,
@@ -99,7 +109,10 @@ class PresenceStore:
                 result = await self.scripts.set_status(keys=[k.status, k.events, k.rate], args=args)
             code = int(result[0])
             if code == 1:
-                await self.hydrate([user])
+                if session is not None:
+                    await self.open_session(user, *session)
+                else:
+                    await self.hydrate([user])
                 continue
             if code == 2:
                 raise RateLimited(f"at most {RATE_PER_S} status changes per second")

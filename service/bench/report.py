@@ -204,10 +204,19 @@ def result_rows(results: Results) -> list[tuple[str, str]]:
                         f"{correctness['foreign']} foreign, "
                         f"{correctness['sessions_closed']} sessions closed"),
     ]  # fmt: skip
+    late = correctness.get("missing_at_settle", 0) - correctness["missing"]
+    if late > 0:
+        rows.append(
+            (
+                "late deliveries",
+                f"{late:,} (session, subject) pairs had not caught up after the "
+                f"{results['params']['settle_seconds']:g} s settle; they did once quiet",
+            )
+        )
     capacity = results.get("capacity")
     if capacity:
         steps = ", ".join(
-            f"{s['rate']:g}/s p99 {_fmt(s['p99_ms'], ' ms')}{'' if s['held'] else ' ✗'}"
+            f"{s['rate']:g}/s p99 {_fmt(s['p99_ms'], ' ms')}{'' if s['held'] else ' (missed)'}"
             for s in capacity["steps"]
         )
         held = capacity["max_rate_held"]
@@ -228,6 +237,12 @@ def result_rows(results: Results) -> list[tuple[str, str]]:
             rows.append((str(s["name"]), value))
     else:
         rows.append(("servers", "n/a (--target)"))
+    other, wall = results.get("other_cpu_s", {}), results.get("phase_seconds", {})
+    if other:
+        busy = ", ".join(
+            f"{phase} {other[phase] / wall[phase]:.2f}" for phase in other if wall.get(phase)
+        )
+        rows.append(("other processes' CPU (cores)", f"{busy} (high values disturb the figures)"))
     rows.append(
         (
             "load generator",
@@ -295,6 +310,12 @@ def _cpu_table(results: Results) -> str:
     client = results["client"]
     rows.append(
         (f"load generator ({client['procs']} procs)", *(cell(client["cpu_s"], p) for p in phases))
+    )
+    rows.append(
+        (
+            "other processes on the machine",
+            *(cell(results.get("other_cpu_s", {}), p) for p in phases),
+        )
     )
     return markdown_table(("process", *(f"{p}: CPU s (cores)" for p in phases)), rows)
 

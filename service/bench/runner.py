@@ -84,6 +84,10 @@ class Monitor:
         self.cpu: dict[str, dict[str, float]] = {n: {} for _, n, _ in self.servers}
         self.client_cpu: dict[str, float] = {}
         self.wall: dict[str, float] = {}
+        self.other_cpu: dict[str, float] = {}
+        self._own = psutil.Process()
+        self._own_at = 0.0
+        self._machine_at = 0.0
         self.phase = "setup"
         self._phase_started = time.monotonic()
         self._server_cpu_at: dict[str, float] = {}
@@ -94,6 +98,7 @@ class Monitor:
         self.extra = ""
 
     def server_cpu(self, proc: Any) -> float:
+        """User + system CPU seconds of a watched process (0 once it is gone)."""
         try:
             times = proc.cpu_times()
         except psutil.Error:
@@ -130,28 +135,19 @@ class Monitor:
     def end(self, client_cpu: float) -> None:
         if self.phase not in PHASES:
             return
+        mine = client_cpu - self._client_cpu_at
         for _, name, proc in self.servers:
             used = self.server_cpu(proc) - self._server_cpu_at.get(name, 0.0)
             self.cpu[name][self.phase] = self.cpu[name].get(self.phase, 0.0) + used
-        self.client_cpu[self.phase] = (
-            self.client_cpu.get(self.phase, 0.0) + client_cpu - self._client_cpu_at
-        )
+            mine += used
+        used = client_cpu - self._client_cpu_at
+        self.client_cpu[self.phase] = self.client_cpu.get(self.phase, 0.0) + used
+        mine += self.server_cpu(self._own) - self._own_at
+        # Whatever else ran on the machine meanwhile, so a reader can tell disturbed figures.
+        other = max(0.0, _machine_busy() - self._machine_at - mine)
+        self.other_cpu[self.phase] = self.other_cpu.get(self.phase, 0.0) + other
         elapsed = time.monotonic() - self._phase_started
         self.wall[self.phase] = self.wall.get(self.phase, 0.0) + elapsed
-        # Whatever else ran on the machine meanwhile: a reader can tell disturbed figures.
-        ours = sum(self.cpu[n].get(self.phase, 0.0) for n in self.cpu) - sum(
-            self.cpu[n].get(self.phase, 0.0) for n in self._cpu_before_end
-        )
-        del ours
-        machine = _machine_busy() - self._machine_at
-        mine = (
-            sum(self.server_cpu(p) - self._server_cpu_at.get(n, 0.0) for _, n, p in self.servers)
-            + client_cpu
-            - self._client_cpu_at
-            + self.server_cpu(self._own)
-            - self._own_at
-        )
-        self.other_cpu[self.phase] = self.other_cpu.get(self.phase, 0.0) + max(0.0, machine - mine)
         self.phase = "between"
         self.sample()
 
@@ -173,6 +169,15 @@ class Monitor:
         if self.extra:
             line += f"  {self.extra}"
         print(line, file=sys.stderr, flush=True)
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (every core, every process) since boot."""
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return float(
+        sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    )
 
 
 # ----- client processes ---------------------------------------------------------------
@@ -382,6 +387,7 @@ class Bench:
         self.results["servers"] = self._servers(rss_before, rss_after)
         self.results["client"] = self._client()
         self.results["phase_seconds"] = {k: round(v, 1) for k, v in self.monitor.wall.items()}
+        self.results["other_cpu_s"] = {k: round(v, 1) for k, v in self.monitor.other_cpu.items()}
         return self.results
 
     def _import(self) -> tuple[int, float]:

@@ -189,7 +189,11 @@ async def _handle(hub: Hub, session: Session, frame: ClientFrame, request_id: st
         return error_frame(frame.ref, "internal", "unexpected frame")
     try:
         status = await hub.store.commit_status(
-            session.user, frame.patch, limited=True, request_id=request_id
+            session.user,
+            frame.patch,
+            limited=True,
+            request_id=request_id,
+            session=(session.id, hub.node),
         )
     except (RateLimited, Unavailable) as exc:
         metrics.ERRORS.labels(code=exc.code).inc()
