@@ -40,14 +40,19 @@ class ClientFrame:
     patch: StatusPatch | None = None
 
 
-def decode_client_frame(data: bytes | str) -> ClientFrame:
-    """Parse and validate one client text frame; raise `FrameError` with the ref if known."""
+def _json_object(data: bytes | str, what: str) -> dict[str, Any]:
     try:
         message = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise FrameError("frame is not valid JSON") from exc
+        raise FrameError(f"{what} is not valid JSON") from exc
     if not isinstance(message, dict):
-        raise FrameError("frame must be a JSON object")
+        raise FrameError(f"{what} must be a JSON object")
+    return message
+
+
+def decode_client_frame(data: bytes | str) -> ClientFrame:
+    """Parse and validate one client text frame; raise `FrameError` with the ref if known."""
+    message = _json_object(data, "frame")
     ref = message.get("ref")
     if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_CHARS):
         raise FrameError(f"ref must be a string of at most {MAX_REF_CHARS} characters or null")
@@ -64,6 +69,15 @@ def decode_client_frame(data: bytes | str) -> ClientFrame:
     except BadRequest as exc:
         raise FrameError(exc.message, ref) from exc
     return ClientFrame(op, ref, patch)
+
+
+def decode_status_body(data: bytes) -> StatusPatch:
+    """The body of `PUT /v1/users/{user}/status`: `set_status` without `op` and `ref`."""
+    body = _json_object(data, "body")
+    unknown = body.keys() - _ALLOWED_FIELDS["set_status"] | body.keys() & {"op", "ref"}
+    if unknown:
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}")
+    return StatusPatch.from_fields(body)
 
 
 def encode_item(item: dict[str, Any]) -> bytes:

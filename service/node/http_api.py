@@ -13,10 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import metrics
 from service.auth import api_key_matches, bearer
-from service.domain import StatusPatch, validate_user_id
+from service.domain import validate_user_id
 from service.errors import BadRequest, BuddycastError, NotFound, TooLarge, Unauthorized, Unavailable
 from service.node.context import DATABASE, HUB, SETTINGS, redis_of
 from service.presence import now_ms
+from service.protocol import decode_status_body
 from service.redis_conn import REDIS_DOWN
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ MAX_STATUS_BODY = 8 * 1024
 MAX_IMPORT_LINE = 1024
 IMPORT_BATCH = 1000
 MAX_REPORTED_REJECTS = 10_000
-_PATCH_FIELDS = frozenset({"presence", "text", "avatar"})
 _PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/v1/ws"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -132,17 +132,7 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def put_status(request: web.Request) -> web.Response:
     (user,) = _ids(request, "user")
-    body = await _read_limited(request, MAX_STATUS_BODY)
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("body is not valid JSON") from exc
-    if not isinstance(fields, dict):
-        raise BadRequest("body must be a JSON object")
-    unknown = fields.keys() - _PATCH_FIELDS
-    if unknown:
-        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}")
-    patch = StatusPatch.from_fields(fields)
+    patch = decode_status_body(await _read_limited(request, MAX_STATUS_BODY))
     status = await request.app[HUB].store.commit_status(user, patch, limited=False)
     metrics.CHANGES_COMMITTED.labels(origin="http").inc()
     return _json(status.own_item())
