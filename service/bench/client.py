@@ -303,6 +303,7 @@ class Client:
             results = await asyncio.gather(*(self._open(u, gate) for u in order))
         finally:
             done = time.time()
+            gc_pause = GC.take()  # before collections can run again
             gc.enable()
         to_snapshot = array("d", (r for r in results if r is not None))
         nodes = Counter(s.node for s in self.sessions.values() if not s.closed)
@@ -317,7 +318,7 @@ class Client:
             "done": done,
             "to_snapshot": to_snapshot.tobytes(),
             "loop_lag_max": self.loop_lag_max,
-            "gc_pause_max": GC.take(),
+            "gc_pause_max": gc_pause,
             "failed": sum(1 for r in results if r is None),
             "nodes": dict(nodes),
             "snapshot_mismatches": mismatched,
