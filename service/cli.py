@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import secrets
 import signal
@@ -61,15 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-# A node holds millions of long-lived objects (sessions, lists, cached items); Python's
-# full collections walk them all and stalled the event loop for up to ~2 s under load
-# (py-spy: half the main-thread samples in gc_collect_main). Young generations are still
-# collected as usual; full collections become rare.
-GC_THRESHOLDS = (700, 10, 1_000_000)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
-    gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop
 
