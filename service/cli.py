@@ -60,8 +60,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-
-
 def _run(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
