@@ -167,9 +167,6 @@ class PresenceStore:
             )
         await self.redis.srem(keys.node_sessions(node), f"{session} {user}")
 
-    async def session_count(self, user: str) -> int:
-        return int(await self.redis.hlen(self.keys(user).sessions))
-
     async def offline_due(self, shard: int, limit: int = 500) -> int:
         """Turn offline the shard's users whose grace ran out; return how many went offline."""
         now = now_ms()

@@ -17,7 +17,7 @@ from service.domain import validate_user_id
 from service.errors import BadRequest, BuddycastError, NotFound, TooLarge, Unauthorized, Unavailable
 from service.node.context import DATABASE, HUB, SETTINGS, redis_of
 from service.presence import now_ms
-from service.protocol import decode_status_body
+from service.protocol import decode_status_body, error_body
 from service.redis_conn import REDIS_DOWN
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,13 @@ _PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/v1/ws"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(error: BuddycastError) -> web.Response:
+def error_response(error: BuddycastError, status: int | None = None) -> web.Response:
+    """The JSON error body of `error`, with its HTTP status unless `status` is given."""
     metrics.ERRORS.labels(code=error.code).inc()
-    return web.json_response(
-        {"code": error.code, "message": error.message}, status=error.http_status
+    return web.Response(
+        body=error_body(error.code, error.message),
+        status=status or error.http_status,
+        content_type="application/json",
     )
 
 
@@ -52,15 +55,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 404:
             return error_response(NotFound(f"no route {request.method} {request.path}"))
         if exc.status == 405:
-            response = error_response(BadRequest(f"method {request.method} not allowed here"))
-            response.set_status(405)
-            return response
+            return error_response(BadRequest(f"method {request.method} not allowed here"), 405)
         if exc.status == 413:
             return error_response(TooLarge("request body too large"))
         if exc.status < 500:
-            response = error_response(BadRequest(exc.reason))
-            response.set_status(exc.status)
-            return response
+            return error_response(BadRequest(exc.reason), exc.status)
         raise
 
 

@@ -10,8 +10,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from service import metrics
 from service.auth import bearer, verify_token
-from service.errors import BuddycastError, RateLimited, TooLarge, Unauthorized, Unavailable
+from service.errors import RateLimited, TooLarge, Unauthorized, Unavailable
 from service.node.context import HUB, SETTINGS, ip_limiter
+from service.node.http_api import error_response
 from service.node.hub import Hub
 from service.node.session import Session
 from service.protocol import (
@@ -34,32 +35,23 @@ ABUSE_LIMIT = 20
 ABUSE_WINDOW_S = 10.0
 
 
-def _refuse(error: BuddycastError) -> web.Response:
-    metrics.ERRORS.labels(code=error.code).inc()
-    return web.json_response(
-        {"code": error.code, "message": error.message}, status=error.http_status
-    )
-
-
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
     if hub.draining:
-        return _refuse(Unavailable("node is restarting: connect again"))
+        return error_response(Unavailable("node is restarting: connect again"))
     origin = request.headers.get("Origin")
     if settings.allowed_origins and origin and origin.rstrip("/") not in settings.allowed_origins:
-        return web.json_response(
-            {"code": "unauthorized", "message": "origin not allowed"}, status=403
-        )
+        return error_response(Unauthorized("origin not allowed"), 403)
     if not ip_limiter(request.app).allow(request.remote or "?"):
-        return _refuse(RateLimited("too many connections from this address"))
+        return error_response(RateLimited("too many connections from this address"))
     token = request.query.get("token") or bearer(request.headers.get("Authorization"))
     if not token:
-        return _refuse(Unauthorized("missing token: pass ?token= or Authorization: Bearer"))
+        return error_response(Unauthorized("missing token: pass ?token= or Authorization: Bearer"))
     try:
         user = verify_token(token, settings.jwt_secret or "")
     except Unauthorized as exc:
-        return _refuse(exc)
+        return error_response(exc)
 
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s,
@@ -79,9 +71,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             user, session.id, hub.node, settings.max_sessions_per_user
         )
     except UNAVAILABLE:
-        return _refuse(Unavailable("presence store unavailable: try again"))
+        return error_response(Unavailable("presence store unavailable: try again"))
     if not admitted:
-        return _refuse(RateLimited("too many sessions for this user"))
+        return error_response(RateLimited("too many sessions for this user"))
     try:
         await ws.prepare(request)
         await ws.send_frame(
