@@ -91,7 +91,10 @@ class StatusPatch:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """A user's stored status: the chosen presence, and whether watchers see them at all."""
+    """A user's stored status: the chosen presence, and whether watchers see them at all.
+
+    `life` orders the users who held this id (see `StatusRow`); it never leaves the service.
+    """
 
     user: str
     presence: Presence = Presence.ONLINE
@@ -100,6 +103,7 @@ class Status:
     version: int = 0
     updated_at: int = 0
     visible: bool = False
+    life: int = 0
 
     def watcher_item(self) -> dict[str, Any]:
         """The item as every watcher sees it: `offline` with no text unless visible."""

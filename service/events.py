@@ -9,15 +9,18 @@ import orjson
 
 from service.domain import Presence, Status
 
+LifeItem = tuple[int, dict[str, Any]]
+"""A watcher item with the life of its subject (see `Status`), which only the node reads."""
+
 
 @dataclass(frozen=True, slots=True)
 class ListChange:
-    """The list of `owner` changed; `gone` holds the final items of deleted users."""
+    """The list of `owner` changed; `gone` holds the ended life and final item of deleted users."""
 
     owner: str
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
-    gone: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gone: dict[str, LifeItem] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +50,25 @@ def decode_event(fields: dict[str, str]) -> Event:
             version=int(fields["v"]),
             updated_at=int(fields["ts"]),
             visible=fields.get("on") == "1",
+            life=int(fields.get("g") or 0),
         )
     if kind == "l":
-        gone = orjson.loads(fields["gone"]) if fields.get("gone") else {}
         return ListChange(
             owner=fields["u"],
             added=_json_list(fields.get("add")),
             removed=_json_list(fields.get("rm")),
-            gone=gone if isinstance(gone, dict) else {},
+            gone=_gone(orjson.loads(fields["gone"]) if fields.get("gone") else {}),
         )
     if kind == "x":
         return UserDeleted(user=fields["u"], nodes=_json_list(fields.get("n")))
     raise ValueError(f"unknown event kind {kind!r}")
+
+
+def _gone(raw: Any) -> dict[str, LifeItem]:
+    # Lua's cjson encodes an empty table as an object, so `{}` and `[]` both mean none.
+    if not isinstance(raw, dict):
+        return {}
+    return {user: (int(life), item) for user, (life, item) in raw.items()}
 
 
 def status_from_hash(user: str, fields: dict[str, str]) -> Status | None:
@@ -73,6 +83,7 @@ def status_from_hash(user: str, fields: dict[str, str]) -> Status | None:
         version=int(fields["v"]),
         updated_at=int(fields.get("ts") or 0),
         visible=fields.get("on") == "1",
+        life=int(fields.get("g") or 0),
     )
 
 
@@ -80,7 +91,7 @@ def status_from_hash(user: str, fields: dict[str, str]) -> Status | None:
 class InboxBatch:
     """What one fan-out batch holds for one node."""
 
-    items: list[dict[str, Any]] = field(default_factory=list)
+    items: list[LifeItem] = field(default_factory=list)
     lists: list[ListChange] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
@@ -97,7 +108,7 @@ class InboxBatch:
     def decode(cls, raw: str | bytes) -> InboxBatch:
         data = orjson.loads(raw)
         return cls(
-            items=list(data.get("s", ())),
-            lists=[ListChange(o, tuple(a), tuple(r), dict(g)) for o, a, r, g in data.get("l", ())],
+            items=[(int(life), item) for life, item in data.get("s", ())],
+            lists=[ListChange(o, tuple(a), tuple(r), _gone(g)) for o, a, r, g in data.get("l", ())],
             deleted=list(data.get("x", ())),
         )

@@ -60,6 +60,7 @@ class UserKeys:
 
     __slots__ = (
         "due",
+        "ended",
         "events",
         "interest",
         "list",
@@ -81,6 +82,8 @@ class UserKeys:
         self.list = f"{tag}:ls:{user}"
         self.list_version = f"{tag}:lv:{user}"
         self.rate = f"{tag}:rl:{user}"
+        # When the user was last deleted: see delete_user.lua.
+        self.ended = f"{tag}:rip:{user}"
         self.events = events_stream(self.shard)
         self.due = due_offline(self.shard)
 

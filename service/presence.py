@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 RATE_PER_S = 5
 RATE_BURST = 10
 LIST_COPY_TTL_MS = 24 * 3600 * 1000
+ENDED_TTL_MS = 24 * 3600 * 1000
 _MAX_HYDRATE_ATTEMPTS = 3
 
 
@@ -68,10 +69,15 @@ class PresenceStore:
             stored = await self.db.get_statuses(users)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user in users:
-                s = stored.get(user) or Status(user)
+                s = stored.get(user)
                 k = self.keys(user)
-                args = [s.presence.value, s.text, s.avatar or "", s.version, s.updated_at]
-                await self.scripts.hydrate(keys=[k.status, k.sessions], args=args, client=pipe)
+                args: list[Any] = ["0"]
+                if s is not None:
+                    args = ["1", s.presence.value, s.text, s.avatar or "", s.version]
+                    args += [s.updated_at, s.life]
+                await self.scripts.hydrate(
+                    keys=[k.status, k.sessions, k.ended], args=args, client=pipe
+                )
             await pipe.execute()
 
     async def commit_status(
@@ -235,12 +241,13 @@ class PresenceStore:
             client=client,
         )
 
-    async def delete_user(self, user: str) -> dict[str, Any] | None:
-        """Drop the user's Redis state; return their final `offline` item (None if never seen)."""
+    async def delete_user(self, user: str) -> tuple[int, dict[str, Any]] | None:
+        """Drop the user's Redis state; return the life that ended and its final `offline`
+        item (None if never seen)."""
         k = self.keys(user)
-        gone, _nodes = await self.scripts.delete_user(
-            keys=[k.status, k.sessions, k.list, k.list_version, k.rate, k.due, k.events],
-            args=[user, now_ms(), self.settings.stream_maxlen],
+        gone, _nodes, life, _ended_at = await self.scripts.delete_user(
+            keys=[k.status, k.sessions, k.list, k.list_version, k.rate, k.due, k.events, k.ended],
+            args=[user, now_ms(), self.settings.stream_maxlen, ENDED_TTL_MS],
         )
         if not gone:
             return None
@@ -248,7 +255,7 @@ class PresenceStore:
         item["version"] = int(item["version"])
         item["updated_at"] = int(item["updated_at"])
         item["avatar"] = None
-        return item
+        return int(life), item
 
     async def read_statuses(self, users: Sequence[str]) -> dict[str, Status]:
         """Current statuses from Redis; users Redis lacks are hydrated from SQL first."""

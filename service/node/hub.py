@@ -5,6 +5,10 @@ accepts is newer than the one it had, and it goes to every local watcher at once
 each session sees a subject's versions only increase. Snapshots come from that cache;
 subjects new to the node are read from Redis after their interest is registered, so no
 change can fall between the two.
+
+Items are ordered by (life, version): a user deleted and created again starts a new
+life at version 0. A session that holds an ended life of a subject gets none of the new
+one's items: the subject leaves its list, as the deletion removed it from every list.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from aiohttp import WSCloseCode
 
 from service import keys, metrics
 from service.config import Settings
-from service.domain import unseen_item
+from service.domain import Status, unseen_item
 from service.events import InboxBatch, ListChange
 from service.node.interest import InterestRegistry
 from service.node.session import CachedItem, Session
@@ -175,7 +179,10 @@ class Hub:
             parts.append(cached.data if cached else orjson.dumps(unseen_item(subject)))
         return snapshot_frame(parts)
 
-    async def _watch(self, session: Session, subjects: Iterable[str]) -> None:
+    async def _watch(
+        self, session: Session, subjects: Iterable[str], *, fresh: bool = False
+    ) -> None:
+        """Watch `subjects`; read those the node has no item of (`fresh`: all of them)."""
         subjects = list(subjects)
         new = []
         for subject in subjects:
@@ -187,11 +194,20 @@ class Hub:
         if new:
             await self.interest.add(new)
         need = [s for s in session.buddies if s not in self.latest and s in self.watchers]
+        if fresh:
+            # The cached item may be of a life that ended: a list frame must carry the
+            # subject's current one.
+            need = list(dict.fromkeys([*need, *subjects]))
         if need:
-            statuses = await self.store.read_statuses(need)
-            for subject in need:
-                status = statuses.get(subject)
-                self.offer(status.watcher_item() if status else unseen_item(subject))
+            self._offer_statuses(need, await self.store.read_statuses(need))
+
+    def _offer_statuses(self, subjects: list[str], statuses: dict[str, Status]) -> None:
+        for subject in subjects:
+            status = statuses.get(subject)
+            if status is None:
+                self.offer(unseen_item(subject), 0)
+            else:
+                self.offer(status.watcher_item(), status.life)
 
     def _unwatch(self, session: Session, subjects: Iterable[str]) -> None:
         dropped = []
@@ -209,23 +225,42 @@ class Hub:
 
     # ----- delivery --------------------------------------------------------------------
 
-    def offer(self, item: dict[str, Any]) -> None:
+    def offer(self, item: dict[str, Any], life: int) -> None:
         """Accept an item if it is newer than the node's, and queue it to every local watcher."""
         subject = item["user"]
         watching = self.watchers.get(subject)
         if not watching:
             return
         cached = self.latest.get(subject)
-        if cached is not None and item["version"] <= cached.version:
-            return
-        cached = CachedItem(item, orjson.dumps(item))
+        if cached is not None:
+            if (life, item["version"]) <= (cached.life, cached.version):
+                return
+            if life > cached.life:
+                self._end_life(subject, watching)
+                watching = self.watchers.get(subject)
+                if not watching:
+                    return
+        cached = CachedItem(item, orjson.dumps(item), life)
         self.latest[subject] = cached
         for session in watching:
             session.push_status(subject, cached)
 
+    def _end_life(self, subject: str, watching: set[Session]) -> None:
+        """The subject was deleted and its id is in use again: take it out of the lists of
+        the sessions that hold its ended life."""
+        # Their own removal (every edge to a deleted user goes) may still be on its way; a
+        # list that adds the id again does so after it, and gets the new life.
+        ended = [s for s in watching if subject not in s.held]
+        frame = list_frame([], [subject])
+        for session in ended:
+            session.buddies.discard(subject)
+            if not session.push_control(frame):
+                self._spawn(self.close_slow(session))
+            self._unwatch(session, [subject])
+
     def deliver(self, batch: InboxBatch) -> None:
-        for item in batch.items:
-            self.offer(item)
+        for life, item in batch.items:
+            self.offer(item, life)
         for change in batch.lists:
             for session in list(self.own.get(change.owner, ())):
                 if session.loading:
@@ -260,7 +295,8 @@ class Hub:
             for subject in removed:
                 gone = change.gone.get(subject)
                 if gone is not None:
-                    self.offer(gone)
+                    life, item = gone
+                    self.offer(item, life)
             session.buddies.difference_update(removed)
             self._unwatch(session, removed)
             session.buddies.update(added)
@@ -268,7 +304,7 @@ class Hub:
             # the frame carries their latest item, and nothing may come before it.
             session.held.update(added)
             try:
-                await self._watch(session, added)
+                await self._watch(session, added, fresh=True)
             finally:
                 session.held.difference_update(added)
             if session.closed:
@@ -342,10 +378,7 @@ class Hub:
         subjects = list(self.watchers)
         for start in range(0, len(subjects), 500):
             chunk = subjects[start : start + 500]
-            statuses = await self.store.read_statuses(chunk)
-            for subject in chunk:
-                status = statuses.get(subject)
-                self.offer(status.watcher_item() if status else unseen_item(subject))
+            self._offer_statuses(chunk, await self.store.read_statuses(chunk))
 
     async def _heartbeat_loop(self) -> None:
         interval = max(0.2, min(1.0, self.settings.node_ttl_s / 4))

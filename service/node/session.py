@@ -23,12 +23,13 @@ MAX_CONTROL_BYTES = 1 << 20
 
 
 class CachedItem:
-    """A subject's latest item on this node, encoded once."""
+    """A subject's latest item on this node, encoded once, and the life it belongs to."""
 
-    __slots__ = ("data", "frame", "item", "updated_at", "version")
+    __slots__ = ("data", "frame", "item", "life", "updated_at", "version")
 
-    def __init__(self, item: dict[str, Any], data: bytes) -> None:
+    def __init__(self, item: dict[str, Any], data: bytes, life: int) -> None:
         self.item = item
+        self.life = life
         self.version: int = item["version"]
         self.updated_at: int = item["updated_at"]
         self.data = data

@@ -12,7 +12,7 @@ redis.call('ZREM', due, user)
 if redis.call('HLEN', sessions) > 0 then
   return 0
 end
-local s = redis.call('HMGET', status, 'p', 't', 'a', 'on')
+local s = redis.call('HMGET', status, 'p', 't', 'a', 'on', 'g')
 if s[4] ~= '1' then
   return 0
 end
@@ -21,6 +21,7 @@ if s[1] ~= 'invisible' then
   local version = redis.call('HINCRBY', status, 'v', 1)
   redis.call('HSET', status, 'ts', now)
   redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], '*',
-    'k', 's', 'u', user, 'p', s[1], 't', s[2], 'a', s[3], 'v', version, 'ts', now, 'on', '0')
+    'k', 's', 'u', user, 'p', s[1], 't', s[2], 'a', s[3], 'v', version, 'ts', now, 'on', '0',
+    'g', s[5] or '0')
 end
 return 1

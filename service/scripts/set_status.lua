@@ -43,7 +43,8 @@ if ARGV[11] == '1' then redis.call('HSET', status, 'a', ARGV[12]) end
 local version = redis.call('HINCRBY', status, 'v', 1)
 redis.call('HSET', status, 'ts', now, 'rq', ARGV[3])
 
-local s = redis.call('HMGET', status, 'p', 't', 'a', 'on')
+local s = redis.call('HMGET', status, 'p', 't', 'a', 'on', 'g')
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '*',
-  'k', 's', 'u', user, 'p', s[1], 't', s[2], 'a', s[3], 'v', version, 'ts', now, 'on', s[4])
+  'k', 's', 'u', user, 'p', s[1], 't', s[2], 'a', s[3], 'v', version, 'ts', now, 'on', s[4],
+  'g', s[5] or '0')
 return {0, s[1], s[2], s[3], version, now, s[4]}

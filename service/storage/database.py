@@ -204,11 +204,12 @@ class Database:
                         avatar=row.avatar,
                         version=row.version,
                         updated_at=row.updated_at,
+                        life=row.life,
                     )
         return found
 
     async def upsert_statuses(self, items: Sequence[Status]) -> int:
-        """Write each status unless its row already has an equal or higher version.
+        """Write each status unless its row is of a later life, or of its life and not older.
 
         Returns the number of rows inserted or replaced; replays change nothing.
         """
@@ -216,7 +217,7 @@ class Database:
         for status in items:
             kept = latest.get(status.user)
             # PostgreSQL refuses to touch one row twice in a statement: keep one per user.
-            if kept is None or status.version > kept.version:
+            if kept is None or (status.life, status.version) > (kept.life, kept.version):
                 latest[status.user] = status
         rows = [
             {
@@ -226,6 +227,7 @@ class Database:
                 "avatar": s.avatar,
                 "version": s.version,
                 "updated_at": s.updated_at,
+                "life": s.life,
             }
             for s in latest.values()
         ]
@@ -239,9 +241,15 @@ class Database:
                     index_elements=[statuses.c.user_id],
                     set_={
                         name: stmt.excluded[name]
-                        for name in ("presence", "text", "avatar", "version", "updated_at")
+                        for name in ("presence", "text", "avatar", "version", "updated_at", "life")
                     },
-                    where=statuses.c.version < stmt.excluded.version,
+                    where=or_(
+                        statuses.c.life < stmt.excluded.life,
+                        and_(
+                            statuses.c.life == stmt.excluded.life,
+                            statuses.c.version < stmt.excluded.version,
+                        ),
+                    ),
                 ).returning(statuses.c.user_id)
                 written += len((await session.execute(upsert)).all())
         return written
@@ -250,6 +258,16 @@ class Database:
         if self.dialect == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
+
+    async def forget_statuses(self, ended: dict[str, int]) -> None:
+        """Delete the rows of lives begun at or before `ended[user]`: those users were deleted."""
+        if not ended:
+            return
+        async with self._transaction() as session:
+            for user, before in ended.items():
+                await session.execute(
+                    delete(statuses).where(statuses.c.user_id == user, statuses.c.life <= before)
+                )
 
     async def delete_user(self, user: str) -> list[str]:
         """Delete `user`'s status, list and every edge to them; return who watched them."""

@@ -20,7 +20,11 @@ class Base(DeclarativeBase):
 
 
 class StatusRow(Base):
-    """A user's status as last persisted; `version` only ever grows."""
+    """A user's status as last persisted; `(life, version)` only ever grows.
+
+    `life` tells apart the users who held one id: deleting a user ends its life, and
+    the id used again starts a higher one, with versions from 0 again.
+    """
 
     __tablename__ = "statuses"
 
@@ -30,6 +34,7 @@ class StatusRow(Base):
     avatar: Mapped[str | None] = mapped_column(Text)
     version: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)  # ms since the epoch
+    life: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class EdgeRow(Base):

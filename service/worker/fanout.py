@@ -49,7 +49,7 @@ class Fanout:
                 continue
             if isinstance(event, Status):
                 known = latest.get(event.user)
-                if known is None or event.version > known.version:
+                if known is None or (event.life, event.version) > (known.life, known.version):
                     latest[event.user] = event
             elif isinstance(event, ListChange):
                 lists.append(event)
@@ -73,7 +73,8 @@ class Fanout:
         for user, nodes in zip(users, looked_up[: len(users)], strict=True):
             if not nodes:
                 continue
-            item = latest[user].watcher_item()
+            status = latest[user]
+            item = (status.life, status.watcher_item())
             for node in nodes:
                 if node in live:
                     batches.setdefault(node, InboxBatch()).items.append(item)

@@ -1257,6 +1257,11 @@ async def test_any_import_body(
         assert {i["user"] for i in items["items"]} == model.of(owner), (owner, items)
 
 
+def _is_the_key(header: str) -> bool:
+    scheme, _, value = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and value.strip() == API_KEY
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # refused before any storage
 @fuzz(150)
 @given(
@@ -1277,7 +1282,9 @@ async def test_any_import_body(
                 ]
             )
         ),
-    ),
+        # Some variants ("Bearer " + key) and texts Hypothesis builds from the test's own
+        # constants are the valid header itself.
+    ).filter(lambda h: not _is_the_key(h)),
     route=st.sampled_from(ID_ROUTES),
 )
 async def test_any_authorization_header_but_the_key_is_401(

@@ -20,7 +20,9 @@ from aiohttp import ClientResponse, ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 
 from service.auth import mint_token
+from service.node.context import DATABASE, HUB
 from service.storage import Database
+from service.worker.persist import Persist
 from tests.integration.conftest import API_KEY, JWT_SECRET, auth
 
 Client = TestClient[Any, Any]
@@ -543,6 +545,75 @@ async def test_delete_user(api: Client, database_url: str) -> None:
     again = await put_status(api, "bob", text="back")
     assert again["version"] == first["version"]
     assert again["avatar"] is None and again["presence"] == "online"
+
+
+async def test_an_id_used_again_never_reaches_a_watcher_of_the_deleted_user(api: Client) -> None:
+    """A watcher whose removal is still on its way when the id is used again sees the
+    subject leave its list, and nothing of the new user until a list adds them."""
+    store, db = api.app[HUB].store, api.app[DATABASE]
+    await put_buddy(api, "alice", "bob")
+    await put_status(api, "bob", text="old bob")
+    alice_ws, (bob,) = await connect(api, "alice")
+    assert bob["text"] == "" and bob["presence"] == "offline"
+
+    # DELETE /v1/users/bob, stopped before it tells the owners: alice's removal is late.
+    ended = await store.delete_user("bob")
+    assert ended is not None
+    await db.delete_user("bob")
+    gone = await next_frame(alice_ws)
+    assert gone == {"type": "status", "items": [ended[1]]}, gone
+
+    reborn = await put_status(api, "bob", text="new bob")
+    assert reborn["version"] == 1
+    assert await next_frame(alice_ws) == list_frame([], ["bob"])
+    # The late removal changes nothing more.
+    await store.change_list("alice", removed=["bob"], gone={"bob": ended})
+    await assert_quiet(alice_ws)
+
+    # Added again, alice gets the new bob, whose versions start low again.
+    await put_buddy(api, "alice", "bob")
+    (added,) = (await next_frame(alice_ws))["added"]
+    assert (added["version"], added["presence"]) == (1, "offline")
+    bob_ws, _ = await connect(api, "bob")
+    frame = await next_frame(alice_ws)
+    assert [(i["version"], i["text"]) for i in frame["items"]] == [(2, "new bob")], frame
+    await bob_ws.close()
+    await alice_ws.close()
+
+
+async def test_a_sql_read_begun_before_a_deletion_does_not_bring_the_user_back(
+    api: Client,
+) -> None:
+    store, db = api.app[HUB].store, api.app[DATABASE]
+    await put_status(api, "bob", text="old bob")
+    for _ in range(100):  # persisted
+        if await db.get_status("bob") is not None:
+            break
+        await asyncio.sleep(0.05)
+    # Redis forgot bob, SQL still has him: a status read now must not hydrate the old row.
+    await store.delete_user("bob")
+    assert await db.get_status("bob") is not None
+    assert await get_json(api, "/v1/users/bob/status") == never_seen("bob")
+    await db.delete_user("bob")
+    assert (await put_status(api, "bob", text="new"))["version"] == 1
+
+
+async def test_a_sql_write_begun_before_a_deletion_does_not_bring_the_user_back(
+    api: Client,
+) -> None:
+    store, db = api.app[HUB].store, api.app[DATABASE]
+    mine = await put_status(api, "bob", text="old bob")
+    k = store.keys("bob")
+    (entry,) = [
+        (entry_id, fields)
+        for entry_id, fields in await store.redis.xrange(k.events)
+        if fields.get("u") == "bob" and fields.get("v") == str(mine["version"])
+    ]
+    # The persist group checked Redis (bob is there), then the deletion ran, then it wrote.
+    await store.redis.set(k.ended, str(int(entry[1]["g"]) + 1))
+    await db.delete_user("bob")
+    await Persist(store).handle([entry])
+    assert await db.get_status("bob") is None
 
 
 # ----- import ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,31 @@ async def test_upsert_keeps_the_highest_version(database: Database) -> None:
 
     got = await database.get_status("alice")
     assert got == Status("alice", Presence.BUSY, "three", None, 3, 1_003, visible=False)
+
+
+async def test_upsert_orders_by_life_then_version(database: Database) -> None:
+    # A deleted user's id used again: the new life wins at any version, the old never.
+    old, new = 1_000, 2_000
+    assert await database.upsert_statuses([replace(status("bob", 9, "old"), life=old)]) == 1
+    assert await database.upsert_statuses([replace(status("bob", 1, "new"), life=new)]) == 1
+    assert await database.upsert_statuses([replace(status("bob", 10, "late"), life=old)]) == 0
+    got = await database.get_status("bob")
+    assert got is not None and (got.life, got.version, got.text) == (new, 1, "new")
+    # In one batch, too.
+    batch = [replace(status("eve", 1, "new"), life=new), replace(status("eve", 7), life=old)]
+    assert await database.upsert_statuses(batch) == 1
+    got = await database.get_status("eve")
+    assert got is not None and (got.life, got.text) == (new, "new")
+
+
+async def test_forget_statuses_drops_only_ended_lives(database: Database) -> None:
+    await database.upsert_statuses(
+        [replace(status("bob", 3), life=1_000), replace(status("eve", 1), life=3_000)]
+    )
+    await database.forget_statuses({"bob": 2_000, "eve": 2_000, "nobody": 2_000})
+    assert await database.get_status("bob") is None
+    assert await database.get_status("eve") is not None  # a life begun after the deletion
+    await database.forget_statuses({})
 
 
 async def test_upsert_batch_with_mixed_versions(database: Database) -> None:

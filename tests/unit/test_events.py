@@ -45,6 +45,14 @@ def test_status_event() -> None:
     )
 
 
+def test_status_event_carries_the_life_of_the_user() -> None:
+    event = decode_event({**STATUS_FIELDS, "g": "1764160000123456"})
+    assert isinstance(event, Status)
+    assert event.life == 1764160000123456
+    # It never reaches a client.
+    assert "life" not in event.watcher_item() and "life" not in event.own_item()
+
+
 def test_status_event_of_a_user_gone_offline() -> None:
     event = decode_event({**STATUS_FIELDS, "on": "0"})
     assert isinstance(event, Status)
@@ -80,10 +88,12 @@ def test_list_change_event() -> None:
             "u": "alice",
             "add": '["bob","carol"]',
             "rm": '["dave"]',
-            "gone": orjson.dumps({"dave": gone_item}).decode(),
+            "gone": orjson.dumps({"dave": [1764160000123456, gone_item]}).decode(),
         }
     )
-    assert event == ListChange("alice", ("bob", "carol"), ("dave",), {"dave": gone_item})
+    assert event == ListChange(
+        "alice", ("bob", "carol"), ("dave",), {"dave": (1764160000123456, gone_item)}
+    )
 
 
 @pytest.mark.parametrize("empty", ["{}", "[]", ""])
@@ -193,9 +203,9 @@ def test_malformed_status_hash_raises_value_error() -> None:
 def test_inbox_batch_round_trip() -> None:
     gone = Status("dave", version=4, updated_at=10).watcher_item()
     batch = InboxBatch(
-        items=[Status("bob", Presence.AWAY, "hi", None, 2, 1, True).watcher_item()],
+        items=[(7, Status("bob", Presence.AWAY, "hi", None, 2, 1, True).watcher_item())],
         lists=[
-            ListChange("alice", ("bob",), ("dave",), {"dave": gone}),
+            ListChange("alice", ("bob",), ("dave",), {"dave": (3, gone)}),
             ListChange("carol"),
         ],
         deleted=["dave"],
@@ -216,9 +226,9 @@ def test_inbox_batch_missing_parts_decode_empty() -> None:
 
 
 def test_inbox_batch_wire_shape() -> None:
-    batch = InboxBatch(items=[{"user": "bob"}], lists=[ListChange("a", ("b",))], deleted=["c"])
+    batch = InboxBatch(items=[(5, {"user": "bob"})], lists=[ListChange("a", ("b",))], deleted=["c"])
     assert orjson.loads(batch.encode()) == {
-        "s": [{"user": "bob"}],
+        "s": [[5, {"user": "bob"}]],
         "l": [["a", ["b"], [], {}]],
         "x": ["c"],
     }
@@ -246,13 +256,17 @@ list_changes = st.builds(
     ids,
     st.lists(ids, max_size=4).map(tuple),
     st.lists(ids, max_size=4).map(tuple),
-    st.dictionaries(ids, items, max_size=2),
+    st.dictionaries(ids, st.tuples(st.integers(0, 2**53), items), max_size=2),
 )
 
 
-@given(st.lists(items, max_size=5), st.lists(list_changes, max_size=3), st.lists(ids, max_size=3))
+@given(
+    st.lists(st.tuples(st.integers(0, 2**53), items), max_size=5),
+    st.lists(list_changes, max_size=3),
+    st.lists(ids, max_size=3),
+)
 def test_inbox_batch_round_trip_property(
-    batch_items: list[dict[str, Any]], lists: list[ListChange], deleted: list[str]
+    batch_items: list[tuple[int, dict[str, Any]]], lists: list[ListChange], deleted: list[str]
 ) -> None:
     batch = InboxBatch(items=batch_items, lists=lists, deleted=deleted)
     assert InboxBatch.decode(batch.encode()) == batch

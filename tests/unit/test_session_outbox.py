@@ -69,7 +69,7 @@ async def settle() -> None:
 def cached(user: str, version: int) -> CachedItem:
     item = Status(user, Presence.ONLINE, f"v{version}", None, version, 1_764_160_000_000, True)
     watcher = item.watcher_item()
-    return CachedItem(watcher, orjson.dumps(watcher))
+    return CachedItem(watcher, orjson.dumps(watcher), 0)
 
 
 def snapshot(*users: str) -> bytes:
