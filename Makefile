@@ -45,7 +45,7 @@ faults: $(VENV)/.dev-installed
 	$(BIN)/pytest -q tests/faults
 
 bench: $(VENV)/.run-installed
-	$(BIN)/buddycast bench --write-docs docs/benchmarks.md
+	$(BIN)/buddycast bench --find-capacity --write-docs docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

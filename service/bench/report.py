@@ -378,7 +378,7 @@ def render_docs(results: Results, notes: str) -> str:
         "## How to reproduce",
         "",
         "```sh",
-        "make bench        # buddycast bench --write-docs docs/benchmarks.md",
+        "make bench        # buddycast bench --find-capacity --write-docs docs/benchmarks.md",
         f"{results['command']}",
         "```",
         "",

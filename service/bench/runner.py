@@ -29,6 +29,8 @@ IMPORT_CHUNK = 64 * 1024
 STOP_TIMEOUT_S = 15.0
 QUIET_S = 1.5
 MAX_QUIET_WAIT_S = 60.0
+MIN_CAPACITY_RATE = 20.0
+"""The capacity search halves a rate that missed down to this, then gives up."""
 
 
 class BenchError(Exception):
@@ -579,6 +581,7 @@ class Bench:
         held: float | None = None
         stopped = "max steps reached"
         rate = c.rate
+        descending = False
         # The per-user limit is 5/s; round-robin keeps each user at rate/users a second.
         ceiling = 4.0 * max(1, self.graph.users - 1)
         for _ in range(c.max_steps):
@@ -609,6 +612,12 @@ class Bench:
                     "held": ok,
                 }
             )
+            if not ok and held is None and rate / 2 >= MIN_CAPACITY_RATE:
+                # Not even the first rate held: halve it until one does.
+                descending = True
+                rate /= 2
+                pool.until_quiet(min_s=1.0)
+                continue
             if not ok:
                 if phase["rate_achieved"] < 0.9 * rate:
                     stopped = "the load generator could not send at this rate"
@@ -618,6 +627,9 @@ class Bench:
                     stopped = f"p99 above {c.p99_target_ms:g} ms"
                 break
             held = rate
+            if descending:
+                stopped = f"the next rate up, {rate * 2:g}/s, missed"
+                break
             rate *= 1.5
         self.monitor.extra = ""
         # The steps may leave a backlog: correctness is judged once it has drained.
