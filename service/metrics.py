@@ -21,7 +21,8 @@ FANOUT_ENTRIES = Counter("buddycast_fanout_entries_total", "Node inbox entries w
 DELIVERIES = Counter("buddycast_deliveries_total", "Status items queued to local sessions")
 PROPAGATION = Histogram(
     "buddycast_propagation_seconds",
-    "Time from commit to the socket write of a status item",
+    "Time from commit to the socket write of a status item (once per change and node for "
+    "the sockets written at once, once per item for those written by a session's writer)",
     buckets=_LATENCY_BUCKETS,
 )
 SNAPSHOT_LATENCY = Histogram(

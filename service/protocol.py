@@ -6,6 +6,7 @@ frames as bytes, so one change is serialized once however many sessions receive 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,19 @@ def snapshot_frame(encoded_items: Iterable[bytes]) -> bytes:
 
 def status_frame(encoded_items: Iterable[bytes]) -> bytes:
     return b'{"type":"status","items":' + _join(encoded_items) + b"}"
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """`payload` as a server's WebSocket text frame (RFC 6455 5.2: final, unmasked, not
+    compressed), so that one change is framed once and written to many sockets as is."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
 
 def list_frame(added: Iterable[bytes], removed: Iterable[str]) -> bytes:

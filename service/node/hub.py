@@ -242,8 +242,12 @@ class Hub:
                     return
         cached = CachedItem(item, orjson.dumps(item), life)
         self.latest[subject] = cached
+        written = 0
         for session in watching:
-            session.push_status(subject, cached)
+            written += session.push_status(subject, cached)
+        if written:
+            metrics.DELIVERIES.inc(written)
+            metrics.PROPAGATION.observe(max(0.0, time.time() - cached.updated_at / 1000))
 
     def _end_life(self, subject: str, watching: set[Session]) -> None:
         """The subject was deleted and its id is in use again: take it out of the lists of

@@ -76,6 +76,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return error_response(RateLimited("too many sessions for this user"))
     try:
         await ws.prepare(request)
+        session.transport = request.transport
         await ws.send_frame(
             hello_frame(user, session.id, hub.node, settings.heartbeat_s), WSMsgType.TEXT
         )

@@ -25,6 +25,7 @@ from service.protocol import (
     pong_frame,
     snapshot_frame,
     status_frame,
+    websocket_text_frame,
 )
 
 ITEM_BOB = {
@@ -413,3 +414,22 @@ def test_frames_are_text_safe_utf8() -> None:
     data = status_frame([encode_item(item)])
     data.decode("utf-8")
     assert parse(data)["items"] == [item]
+
+
+# ----- WebSocket framing of status frames ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "header"),
+    [
+        (0, b"\x81\x00"),
+        (125, b"\x81\x7d"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (65_535, b"\x81\x7e\xff\xff"),
+        (65_536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
+)
+def test_websocket_text_frame_header_per_rfc6455(size: int, header: bytes) -> None:
+    # FIN + text opcode, no mask bit (a server's frame), 7-bit, 16-bit or 64-bit length.
+    payload = b"x" * size
+    assert websocket_text_frame(payload) == header + payload
