@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from service import keys, metrics
+from service.bulk import BulkReader
 from service.config import Settings
 from service.domain import Presence, Status, StatusPatch, unseen_item
 from service.errors import RateLimited, Unavailable
@@ -56,6 +57,12 @@ class PresenceStore:
         self.settings = settings
         self.scripts = Scripts(redis)
         self._keys = lru_cache(maxsize=65536)(self._make_keys)
+        # Sessions opening together (a storm, a node's restart) share SQL reads.
+        self._sql_lists: BulkReader[str, list[str]] = BulkReader(db.get_lists, [], max_keys=200)
+        self._sql_statuses: BulkReader[str, Status | None] = BulkReader(self._get_statuses, None)
+
+    async def _get_statuses(self, users: list[str]) -> dict[str, Status | None]:
+        return dict(await self.db.get_statuses(users))
 
     def _make_keys(self, user: str) -> UserKeys:
         return keys.UserKeys(user, self.settings.shards)
@@ -66,10 +73,9 @@ class PresenceStore:
     async def hydrate(self, users: Sequence[str]) -> None:
         """Copy the SQL statuses of `users` into Redis where Redis has none."""
         with _T_SQL_STATUSES.time():
-            stored = await self.db.get_statuses(users)
+            stored = await self._sql_statuses.get_many(users)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                s = stored.get(user)
+            for user, s in zip(users, stored, strict=True):
                 k = self.keys(user)
                 args: list[Any] = ["0"]
                 if s is not None:
@@ -200,7 +206,7 @@ class PresenceStore:
             return set(members)
         seen_version = await self.redis.get(k.list_version)
         with _T_SQL_LIST.time():
-            buddies = await self.db.get_list(owner)
+            buddies = await self._sql_lists.get(owner)
         await self.scripts.load_list(
             keys=[k.list, k.list_version],
             args=[seen_version or "", LIST_COPY_TTL_MS, *buddies],

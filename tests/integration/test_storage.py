@@ -150,6 +150,18 @@ async def test_get_list_sorts_like_python(database: Database) -> None:
     assert await database.get_list("owner") == sorted(buddies)
 
 
+async def test_get_lists_of_many_owners_at_once(database: Database) -> None:
+    owners = [f"owner{i}" for i in range(1_100)]  # more than one IN chunk
+    for i, owner in enumerate(owners[:600]):
+        for buddy in ("b", "B", f"x{i}"):
+            await database.add_edge(owner, buddy, 100, 1)
+    lists = await database.get_lists([*owners, "owner0"])
+    assert set(lists) == set(owners)
+    assert lists["owner7"] == sorted(["b", "B", "x7"]) == await database.get_list("owner7")
+    assert lists["owner1000"] == []
+    assert await database.get_lists([]) == {}
+
+
 async def test_remove_edge_is_idempotent(database: Database) -> None:
     await database.add_edge("a", "b", 10, 1)
     assert await database.remove_edge("a", "b") is True

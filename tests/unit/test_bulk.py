@@ -1,0 +1,75 @@
+"""BulkReader: concurrent single-key reads answered by one bulk read."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.bulk import BulkReader
+
+
+class Source:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def fetch(self, keys: list[str]) -> dict[str, int]:
+        self.calls.append(list(keys))
+        await self.gate.wait()
+        if self.fail:
+            raise ConnectionError("down")
+        return {k: len(k) for k in keys if k != "absent"}
+
+
+async def test_concurrent_gets_share_one_fetch() -> None:
+    source = Source()
+    reader: BulkReader[str, int] = BulkReader(source.fetch, missing=-1)
+    got = await asyncio.gather(*(reader.get(k) for k in ["a", "bb", "a", "absent", "ccc"]))
+    assert got == [1, 2, 1, -1, 3]
+    assert source.calls == [["a", "bb", "absent", "ccc"]]
+
+
+async def test_keys_asked_during_a_fetch_go_into_the_next() -> None:
+    source = Source()
+    source.gate.clear()
+    reader: BulkReader[str, int] = BulkReader(source.fetch, missing=-1)
+    first = asyncio.ensure_future(reader.get("a"))
+    await asyncio.sleep(0.01)
+    later = [asyncio.ensure_future(reader.get(k)) for k in ("bb", "ccc")]
+    await asyncio.sleep(0.01)
+    source.gate.set()
+    assert await first == 1 and [await f for f in later] == [2, 3]
+    assert source.calls == [["a"], ["bb", "ccc"]]
+
+
+async def test_max_keys_splits_a_batch() -> None:
+    source = Source()
+    reader: BulkReader[str, int] = BulkReader(source.fetch, missing=-1, max_keys=2)
+    assert list(await reader.get_many(["a", "bb", "ccc"])) == [1, 2, 3]
+    assert source.calls == [["a", "bb"], ["ccc"]]
+
+
+async def test_a_failed_fetch_fails_every_waiter_and_the_next_one_runs() -> None:
+    source = Source(fail=True)
+    reader: BulkReader[str, int] = BulkReader(source.fetch, missing=-1)
+    results = await asyncio.gather(reader.get("a"), reader.get("b"), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results), results
+    source.fail = False
+    assert await reader.get("a") == 1
+
+
+async def test_a_cancelled_waiter_leaves_the_others_their_answer() -> None:
+    source = Source()
+    source.gate.clear()
+    reader: BulkReader[str, int] = BulkReader(source.fetch, missing=-1)
+    gone = asyncio.ensure_future(reader.get("a"))
+    kept = asyncio.ensure_future(reader.get("a"))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    source.gate.set()
+    assert await kept == 1
+    with pytest.raises(asyncio.CancelledError):
+        await gone
