@@ -2,8 +2,8 @@
 
 The parent sends commands over a pipe (connect, send, collect, acked, check, stop) and
 gets one reply per command, plus a `stats` message twice a second for the progress line.
-Every session runs on one aiohttp ClientSession (a connector without a connection limit:
-each WebSocket holds its connection for the whole run).
+Sessions are sockets of `wsclient`: each frame is timestamped when its bytes arrive, and
+frames are decoded in one pass over the sessions that got data.
 
 Each change carries its send time in its status text (`MARK` + seconds since the epoch);
 a watcher's latency is its receipt time minus that. All processes share the machine's
@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import aiohttp
 import orjson
 
 from service.auth import mint_token
+from service.bench import wsclient
 from service.bench.graph import CELEBRITY, user_name
+from service.bench.wsclient import WsConnection
 
 MARK = "bench:"
 _MARK_LEN = len(MARK)
@@ -64,7 +65,7 @@ class BenchSession:
     """One WebSocket session and what its watcher saw: subject → last version."""
 
     user: int
-    ws: aiohttp.ClientWebSocketResponse[Any] | None = None
+    ws: WsConnection | None = None
     node: str = ""
     seen: dict[int, int] = field(default_factory=dict)
     closed: bool = False
@@ -133,7 +134,6 @@ class Client:
         self.names = [user_name(config.prefix, u) for u in range(config.users)]
         self.index = {name: u for u, name in enumerate(self.names)}
         self.sessions: dict[int, BenchSession] = {}
-        self._http: aiohttp.ClientSession | None = None
         self.commands: asyncio.Queue[Message | None] = asyncio.Queue()
         self.stopping = False
         self.tokens: dict[int, str] = {}
@@ -158,7 +158,8 @@ class Client:
         self._ref = 0
         self.loop_lag_max = 0.0
         self._current: asyncio.Task[Message] | None = None
-        self._readers: set[asyncio.Task[None]] = set()
+        # Sessions that received frames since the last decoding pass.
+        self._arrived: dict[int, WsConnection] = {}
         rng = random.Random(config.seed * 1000 + config.index)
         senders = [u for u in config.owned if u != CELEBRITY]
         rng.shuffle(senders)
@@ -166,12 +167,6 @@ class Client:
         self._next_sender = 0
 
     # ----- plumbing -------------------------------------------------------------------
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            raise RuntimeError("the client session is not open yet")
-        return self._http
 
     def send(self, message: Message) -> None:
         message.setdefault("cpu_s", cpu_seconds())
@@ -203,8 +198,6 @@ class Client:
         threading.Thread(
             target=self._read_commands, args=(loop,), name="commands", daemon=True
         ).start()
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        self._http = aiohttp.ClientSession(connector=connector)
         self.tokens = {
             u: mint_token(self.names[u], self.config.jwt_secret, TOKEN_TTL_S)
             for u in self.config.owned
@@ -280,10 +273,11 @@ class Client:
         }
 
     async def _close_all(self) -> None:
-        if self._http is not None:
-            # Aborting the sockets is enough: the deployment is stopped next, and 20,000
-            # close handshakes would only slow the exit.
-            await self._http.close()
+        # Aborting the sockets is enough: the deployment is stopped next, and 20,000
+        # close handshakes would only slow the exit.
+        for session in self.sessions.values():
+            if session.ws is not None:
+                session.ws.abort()
 
     # ----- connect storm --------------------------------------------------------------
 
@@ -339,50 +333,44 @@ class Client:
                 if session is not None:
                     self.sessions[user] = session
                     self.connected += 1
-                    # Kept referenced: the loop holds tasks only weakly.
-                    self._readers.add(asyncio.create_task(self._read(session)))
                     return time.time() - first
             return None
 
     async def _try_open(self, user: int, url: str) -> BenchSession | None:
         try:
-            ws = await self.http.ws_connect(
-                url,
-                autoping=True,
-                heartbeat=None,
-                compress=0,
-                max_msg_size=0,
-                decode_text=False,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            )
-        except aiohttp.WSServerHandshakeError as exc:
+            ws = await wsclient.connect(url, self._arrive, SNAPSHOT_TIMEOUT_S)
+        except wsclient.HandshakeError as exc:
             self.errors[f"connect_http_{exc.status}"] += 1
             return None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             self.errors[f"connect_{type(exc).__name__}"] += 1
             return None
+        ws.tag = user
         session = BenchSession(user, ws)
         try:
-            async with asyncio.timeout(SNAPSHOT_TIMEOUT_S):
-                for expected in ("hello", "snapshot"):
-                    message = await ws.receive()
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        self.errors[f"closed_before_{expected}_{ws.close_code}"] += 1
-                        await ws.close()
-                        return None
-                    frame = orjson.loads(message.data)
-                    if frame.get("type") != expected:
-                        self.errors[f"unexpected_{frame.get('type')}_before_{expected}"] += 1
-                        await ws.close()
-                        return None
-                    if expected == "hello":
-                        session.node = str(frame.get("node", ""))
-                    else:
-                        self._snapshot(session, frame["items"])
+            await asyncio.wait_for(ws.wait_frames(2), SNAPSHOT_TIMEOUT_S)
         except TimeoutError:
             self.errors["snapshot_timeout"] += 1
-            await ws.close()
+            ws.abort()
             return None
+        except ConnectionError:
+            self.errors[f"closed_before_snapshot_{ws.close_code}"] += 1
+            return None
+        (_, hello), (_, snapshot) = ws.frames[:2]
+        del ws.frames[:2]
+        for expected, data in (("hello", hello), ("snapshot", snapshot)):
+            frame = orjson.loads(data)
+            if frame.get("type") != expected:
+                self.errors[f"unexpected_{frame.get('type')}_before_{expected}"] += 1
+                ws.abort()
+                return None
+            if expected == "hello":
+                session.node = str(frame.get("node", ""))
+            else:
+                self._snapshot(session, frame["items"])
+        ws.live = True
+        if ws.frames or ws.closed:
+            self._arrive(ws)
         return session
 
     def _snapshot(self, session: BenchSession, items: Sequence[dict[str, Any]]) -> None:
@@ -397,30 +385,27 @@ class Client:
 
     # ----- receiving ------------------------------------------------------------------
 
-    async def _read(self, session: BenchSession) -> None:
-        ws = session.ws
-        if ws is None:
-            return
-        text = aiohttp.WSMsgType.TEXT
-        try:
-            while True:
-                message = await ws.receive()
-                if message.type == text:
-                    self._on_frame(session, message.data, time.time())
-                elif message.type in (
-                    aiohttp.WSMsgType.CLOSE,
-                    aiohttp.WSMsgType.CLOSING,
-                    aiohttp.WSMsgType.CLOSED,
-                    aiohttp.WSMsgType.ERROR,
-                ):
-                    break
-        except (aiohttp.ClientError, OSError, RuntimeError):
-            pass
-        session.closed = True
-        session.close_code = ws.close_code
-        self.closed += 1
-        if not self.stopping:
-            self.errors[f"session_closed_{ws.close_code}"] += 1
+    def _arrive(self, ws: WsConnection) -> None:
+        """A live session got data: decode it with the others' in one pass, soon."""
+        if not self._arrived:
+            asyncio.get_running_loop().call_soon(self._decode_arrived)
+        self._arrived[ws.tag] = ws
+
+    def _decode_arrived(self) -> None:
+        arrived, self._arrived = self._arrived, {}
+        for user, ws in arrived.items():
+            session = self.sessions.get(user)
+            if session is None:
+                continue
+            frames, ws.frames = ws.frames, []
+            for received, data in frames:
+                self._on_frame(session, data, received)
+            if ws.closed and not session.closed:
+                session.closed = True
+                session.close_code = ws.close_code
+                self.closed += 1
+                if not self.stopping:
+                    self.errors[f"session_closed_{ws.close_code}"] += 1
 
     def _on_frame(self, session: BenchSession, data: bytes, received: float) -> None:
         frame = orjson.loads(data)
@@ -485,8 +470,8 @@ class Client:
         sent = time.time()
         self.pending[ref] = (session.user, sent)
         try:
-            await ws.send_str(f'{{"op":"set_status","ref":"{ref}","text":"{MARK}{sent:.6f}"}}')
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+            ws.send_text(f'{{"op":"set_status","ref":"{ref}","text":"{MARK}{sent:.6f}"}}'.encode())
+        except ConnectionError:
             self.pending.pop(ref, None)
             self.errors["send_failed"] += 1
             return False
