@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -49,6 +53,10 @@ OUTBOX_COALESCED = Counter(
 SLOW_CLIENT_CLOSES = Counter(
     "buddycast_slow_client_closes_total", "Sessions closed with 1013 for not keeping up"
 )
+SILENT_CLIENT_CLOSES = Counter(
+    "buddycast_silent_client_closes_total",
+    "Sessions closed for sending nothing, pongs included, for two heartbeats",
+)
 ERRORS = Counter("buddycast_errors_total", "Errors returned to clients, by code", ["code"])
 REDIS_LATENCY = Histogram(
     "buddycast_redis_call_seconds", "Redis call latency, by operation", ["op"],
@@ -69,3 +77,26 @@ def redis_timer(op: str) -> Histogram:
 
 def sql_timer(op: str) -> Histogram:
     return SQL_LATENCY.labels(op=op)
+
+
+GC_PAUSES = Histogram(
+    "buddycast_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector, by generation (2 scans every object)",
+    ["generation"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+
+def watch_gc() -> None:
+    """Time every collection of the cyclic garbage collector into `GC_PAUSES`."""
+    started = 0.0
+    pauses = [GC_PAUSES.labels(generation=str(g)) for g in range(3)]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        elif started:
+            pauses[info["generation"]].observe(time.perf_counter() - started)
+
+    gc.callbacks.append(callback)

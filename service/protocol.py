@@ -104,6 +104,10 @@ def status_frame(encoded_items: Iterable[bytes]) -> bytes:
     return b'{"type":"status","items":' + _join(encoded_items) + b"}"
 
 
+WEBSOCKET_PING_FRAME = b"\x89\x00"
+"""A server's WebSocket ping with no payload (RFC 6455 5.5.2)."""
+
+
 def websocket_text_frame(payload: bytes) -> bytes:
     """`payload` as a server's WebSocket text frame (RFC 6455 5.2: final, unmasked, not
     compressed), so that one change is framed once and written to many sockets as is."""

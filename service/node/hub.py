@@ -73,7 +73,7 @@ class Hub:
         for name, coro in (
             ("inbox", self._inbox_loop()),
             ("heartbeat", self._heartbeat_loop()),
-            ("slow-clients", self._slow_client_loop()),
+            ("liveness", self._liveness_loop()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"hub-{name}"))
 
@@ -395,13 +395,23 @@ class Hub:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
-    async def _slow_client_loop(self) -> None:
+    async def _liveness_loop(self) -> None:
+        """Ping every session each heartbeat; close those stuck on a send, or silent for two.
+
+        One pass over the sessions replaces a timer and a task per session and ping.
+        """
+        heartbeat = self.settings.heartbeat_s
         while not self._stopping:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(1.0, heartbeat / 4))
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 if session.stalled_for(now) > self.settings.slow_client_s:
                     await self.close_slow(session)
+                elif now - session.heard_at > 2 * heartbeat:
+                    metrics.SILENT_CLIENT_CLOSES.inc()
+                    self._spawn(self._close_ws(session, 1001, b"no answer to pings"))
+                elif now - session.pinged_at >= heartbeat:
+                    session.ping(now)
 
     async def close_slow(self, session: Session) -> None:
         metrics.SLOW_CLIENT_CLOSES.inc()

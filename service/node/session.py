@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from service import metrics
-from service.protocol import status_frame, websocket_text_frame
+from service.protocol import WEBSOCKET_PING_FRAME, status_frame, websocket_text_frame
 from service.tasks import cancel_and_wait
 
 MAX_CONTROL_BYTES = 1 << 20
@@ -47,12 +47,14 @@ class Session:
         "closed",
         "control",
         "control_bytes",
+        "heard_at",
         "held",
         "id",
         "list_backlog",
         "list_lock",
         "loading",
         "pending",
+        "pinged_at",
         "ready",
         "sending_since",
         "transport",
@@ -81,6 +83,8 @@ class Session:
         self._idle = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None  # once upgraded
+        # Monotonic times: the client's last frame of any kind, and our last ping.
+        self.heard_at = self.pinged_at = time.monotonic()
 
     def push_status(self, subject: str, cached: CachedItem) -> bool:
         """Write `subject`'s latest item now if nothing waits before it and the socket keeps
@@ -109,6 +113,13 @@ class Session:
         if self.ready:
             self._wake.set()
         return False
+
+    def ping(self, now: float) -> None:
+        """Send a WebSocket ping; a frame on its own, it may go between any two others."""
+        self.pinged_at = now
+        transport = self.transport
+        if transport is not None and not self.closed and not transport.is_closing():
+            transport.write(WEBSOCKET_PING_FRAME)
 
     def push_control(self, frame: bytes) -> bool:
         """Queue a frame after every status queued before it; False when over the bound."""

@@ -53,8 +53,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except Unauthorized as exc:
         return error_response(exc)
 
+    # Pings are the hub's (`Hub._liveness_loop`): aiohttp's heartbeat costs a timer and a
+    # task per session and ping. Pongs and client pings come to the frame loop.
     ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat_s,
+        autoping=False,
         compress=False,
         # aiohttp refuses a message of max_msg_size bytes or more, closing at once; up to
         # HARD_FRAME_LIMIT we check the size ourselves, so earlier replies are flushed
@@ -89,20 +91,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await _frame_loop(hub, session, ws)
     finally:
         await hub.close(session)
-        _stop_heartbeat(ws)
         metrics.DISCONNECTS.labels(code=str(ws.close_code or 1006)).inc()
     return ws
-
-
-def _stop_heartbeat(ws: web.WebSocketResponse) -> None:
-    """Keep a closed socket's heartbeat from being armed again.
-
-    aiohttp 3.14 re-arms the heartbeat timer when the client's close reply arrives, which
-    keeps every server-closed connection alive for another heartbeat period (about 11 KB
-    each; measured at +50 MiB under a stream of abusive clients).
-    """
-    ws._heartbeat = None
-    ws._cancel_heartbeat()
 
 
 async def _close_after_replies(
@@ -117,6 +107,12 @@ async def _frame_loop(hub: Hub, session: Session, ws: web.WebSocketResponse) -> 
     errors: deque[float] = deque()
     requests = 0
     async for message in ws:
+        session.heard_at = time.monotonic()
+        if message.type == WSMsgType.PING:
+            await ws.pong(message.data)
+            continue
+        if message.type == WSMsgType.PONG:
+            continue
         if message.type == WSMsgType.TEXT and len(message.data) > MAX_CLIENT_FRAME_BYTES:
             metrics.ERRORS.labels(code=TooLarge.code).inc()
             await _close_after_replies(
