@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service import logs, metrics
+from service import gc_policy, logs, metrics
 from service.auth import mint_token
 from service.config import Settings, SettingsError
 from service.embedded_redis import RedisProcess
@@ -49,12 +49,15 @@ def main(argv: list[str] | None = None) -> None:
             _run(_migrate(settings))
         elif args.command == "node":
             metrics.watch_gc()
+            gc_policy.install()
             _run(_serve_node(settings, with_worker=False))
         elif args.command == "worker":
             metrics.watch_gc()
+            gc_policy.install()
             _run(_serve_worker(settings))
         elif args.command == "run":
             metrics.watch_gc()
+            gc_policy.install()
             _run(_serve_all(settings))
         elif args.command == "bench":
             sys.exit(bench_cli.run(args, settings))
