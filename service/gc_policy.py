@@ -3,10 +3,13 @@
 A node holds millions of long-lived objects (sessions, their lists, aiohttp's state for
 each connection), and a full collection walks them all while every socket of the node
 waits: a standard benchmark saw 16 full collections of 340 ms on average on one node.
-After each full collection its survivors are frozen (out of the collector's sight), so
-the next walks only what is newer. A frozen object that later becomes garbage inside a
-reference cycle is not freed that way, so every `THAW_S` the freeze is lifted and the
-next full collection walks everything once.
+Once a full collection leaves more than `FREEZE_ABOVE` objects, its survivors are
+frozen (out of the collector's sight), so the next walks only what is newer: measured,
+that took the standard benchmark's steady p99 from 562 to 202 ms. A frozen object that
+later becomes garbage inside a reference cycle is not freed that way (a stream of
+abusive clients grew a node by 18 MiB in 12 s), so every `THAW_S` the freeze is lifted
+and the next full collection walks everything once. Smaller processes, whose full
+collections are short, keep the plain collector.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from typing import Any
 
 THAW_S = 300.0
+FREEZE_ABOVE = 1_000_000
 
 
 def install() -> None:
@@ -30,7 +34,7 @@ def install() -> None:
         if now - thawed_at >= THAW_S:
             gc.unfreeze()
             thawed_at = now
-        else:
+        elif len(gc.get_objects(generation=2)) > FREEZE_ABOVE:
             gc.freeze()
 
     gc.callbacks.append(after_collection)

@@ -151,6 +151,8 @@ class Client:
         self.sample_latency = array("d")
         self.celeb_sent = array("d")
         self.celeb_latency = array("d")
+        self.ordinary_sent = array("d")
+        self.ordinary_latency = array("d")
         self.ack_sent = array("d")
         self.ack_latency = array("d")
         self.pending: dict[str, tuple[int, float]] = {}
@@ -430,6 +432,9 @@ class Client:
                     if subject == CELEBRITY:
                         self.celeb_sent.append(sent)
                         self.celeb_latency.append(received - sent)
+                    else:
+                        self.ordinary_sent.append(sent)
+                        self.ordinary_latency.append(received - sent)
                     self.sample_sent.append(sent)
                     self.sample_latency.append(received - sent)
         elif kind == "ack":
@@ -522,6 +527,7 @@ class Client:
         for name, sent, latency in (
             ("all", self.sample_sent, self.sample_latency),
             ("celebrity", self.celeb_sent, self.celeb_latency),
+            ("ordinary", self.ordinary_sent, self.ordinary_latency),
             ("ack", self.ack_sent, self.ack_latency),
         ):
             window = array("d")

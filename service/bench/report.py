@@ -197,6 +197,8 @@ def result_rows(results: Results) -> list[tuple[str, str]]:
          _ms(steady["latency_ms"], ("p50", "p95", "p99", "max"))),
         ("celebrity p50 / p99 / max",
          _ms(steady["celebrity_latency_ms"], ("p50", "p99", "max"))),
+        ("others' changes p50 / p99 / max",
+         _ms(steady["ordinary_latency_ms"], ("p50", "p99", "max"))),
         ("ack p50 / p99 / max", _ms(steady["ack_latency_ms"], ("p50", "p99", "max"))),
         ("deliveries", f"{steady['deliveries']:,} ({_fmt(steady['deliveries_per_s'], '/s', 0)})"),
         ("correctness", f"{correctness['missing']} missing of {correctness['checked']:,} "
@@ -216,7 +218,8 @@ def result_rows(results: Results) -> list[tuple[str, str]]:
     capacity = results.get("capacity")
     if capacity:
         steps = ", ".join(
-            f"{s['rate']:g}/s p99 {_fmt(s['p99_ms'], ' ms')}{'' if s['held'] else ' (missed)'}"
+            f"{s['rate']:g}/s p99 {_fmt(s['p99_ms'], ' ms')} (others' changes "
+            f"{_fmt(s.get('ordinary_p99_ms'), ' ms')}){'' if s['held'] else ' (missed)'}"
             for s in capacity["steps"]
         )
         held = capacity["max_rate_held"]

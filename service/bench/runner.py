@@ -504,6 +504,7 @@ class Bench:
         samples = pool.gather("samples", timeout_s=120)
         latencies = _merge_samples(samples, "all")
         celebrity = _merge_samples(samples, "celebrity")
+        ordinary = _merge_samples(samples, "ordinary")
         acks = _merge_samples(samples, "ack")
         changes = sum(int(r["sent"]) for r in sent)
         errors: Counter[str] = Counter()
@@ -520,6 +521,7 @@ class Bench:
             "unacked": sum(int(r["unacked"]) for r in samples),
             "latency_ms": report.percentiles(latencies, (50, 95, 99, 100)),
             "celebrity_latency_ms": report.percentiles(celebrity, (50, 99, 100)),
+            "ordinary_latency_ms": report.percentiles(ordinary, (50, 99, 100)),
             "ack_latency_ms": report.percentiles(acks, (50, 99, 100)),
             "deliveries": len(latencies),
             "celebrity_deliveries": len(celebrity),
@@ -606,6 +608,7 @@ class Bench:
                     "p99_ms": p99,
                     "max_ms": phase["latency_ms"]["max"],
                     "celebrity_p99_ms": phase["celebrity_latency_ms"]["p99"],
+                    "ordinary_p99_ms": phase["ordinary_latency_ms"]["p99"],
                     "deliveries_per_s": phase["deliveries_per_s"],
                     "missing": check["missing"],
                     "client_cores": round(phase["client_cpu_s"] / c.step_seconds, 2),

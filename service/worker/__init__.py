@@ -14,6 +14,8 @@ from service.worker.fanout import Fanout
 from service.worker.persist import Persist
 from service.worker.reaper import Reaper
 
+PERSIST_LINGER_S = 0.2
+
 
 class Worker:
     """All worker loops of one process; `run()` until cancelled."""
@@ -24,15 +26,17 @@ class Worker:
         fanout = Fanout(store, settings)
         persist = Persist(store)
         consumer = settings.node_id
+        # Persistence is off the delivery path: it waits a little between short batches so
+        # that each SQL transaction carries more rows.
         self.consumers = [
             GroupConsumer(
                 store.redis, blocking_redis, shard, group, consumer, handle,
-                settings.max_deliveries, int(settings.claim_idle_s * 1000),
+                settings.max_deliveries, int(settings.claim_idle_s * 1000), linger_s=linger_s,
             )
             for shard in range(settings.shards)
-            for group, handle in (
-                (keys.FANOUT_GROUP, fanout.handle),
-                (keys.PERSIST_GROUP, persist.handle),
+            for group, handle, linger_s in (
+                (keys.FANOUT_GROUP, fanout.handle, 0.0),
+                (keys.PERSIST_GROUP, persist.handle, PERSIST_LINGER_S),
             )
         ]  # fmt: skip
         self.reaper = Reaper(store, settings)

@@ -9,6 +9,7 @@ than `max_deliveries` times goes to the shard's dead-letter stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ class GroupConsumer:
         handle: Handler,
         max_deliveries: int,
         claim_idle_ms: int = CLAIM_IDLE_MS,
+        linger_s: float = 0.0,
     ) -> None:
         self.redis = redis
         self.blocking_redis = blocking_redis
@@ -53,6 +55,7 @@ class GroupConsumer:
         self.handle = handle
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = claim_idle_ms
+        self.linger_s = linger_s
         self._own_pending_first = True
         self._claim_every_s = min(CLAIM_EVERY_S, claim_idle_ms / 2000)
         self._next_claim = time.monotonic() + self._claim_every_s
@@ -109,6 +112,10 @@ class GroupConsumer:
             self._own_pending_first = False
             return
         await self._process(entries)
+        if self.linger_s and len(entries) < COUNT:
+            # A short batch: let the next one grow (`linger_s`), unless asked to stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.linger_s)
 
     async def _process(self, entries: list[Entry]) -> None:
         # Redis 6.2 returns trimmed-but-pending entries with no fields: nothing to do but ack.

@@ -40,6 +40,7 @@ RESULT_FIELDS = [
     "steady.celebrity_latency_ms.p50",
     "steady.celebrity_latency_ms.p99",
     "steady.celebrity_latency_ms.max",
+    "steady.ordinary_latency_ms.p99",
     "steady.ack_latency_ms.p99",
     "steady.deliveries",
     "steady.deliveries_per_s",
