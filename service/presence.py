@@ -7,6 +7,7 @@ write is one Lua script in the user's slot; SQL is read only when Redis has no c
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -197,21 +198,28 @@ class PresenceStore:
         return sum(int(r) for r in results)
 
     async def load_list(self, owner: str) -> set[str]:
-        """The owner's buddies: the Redis copy, or SQL (then cached) when there is none."""
+        """The owner's buddies: the Redis copy, or SQL (then cached) when there is none.
+
+        Ids are interned: a node holds each buddy id once, not once per list it is in.
+        """
         k = self.keys(owner)
         with _T_LOAD_LIST.time():
-            members = await self.redis.smembers(k.list)
+            # The version is read with the copy: when there is no copy, loading one from
+            # SQL must not overwrite an edit made meanwhile (load_list.lua checks it).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.smembers(k.list)
+                pipe.get(k.list_version)
+                members, seen_version = await pipe.execute()
         if keys.LIST_LOADED in members:
             members.discard(keys.LIST_LOADED)
-            return set(members)
-        seen_version = await self.redis.get(k.list_version)
+            return set(map(sys.intern, members))
         with _T_SQL_LIST.time():
             buddies = await self._sql_lists.get(owner)
         await self.scripts.load_list(
             keys=[k.list, k.list_version],
             args=[seen_version or "", LIST_COPY_TTL_MS, *buddies],
         )
-        return set(buddies)
+        return set(map(sys.intern, buddies))
 
     async def change_list(
         self,

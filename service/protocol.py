@@ -81,8 +81,19 @@ def decode_status_body(data: bytes) -> StatusPatch:
     return StatusPatch.from_fields(body)
 
 
+def _dumps(value: Any) -> bytes:
+    """`orjson.dumps`, copied to a buffer of its own size.
+
+    orjson (3.12 on) hands back bytes whose allocation is at least 4 KiB, however short
+    the JSON: tracemalloc shows 4,098 bytes held by a 133-byte item. Items kept in a
+    node's cache and frames waiting in an outbox would cost that much each.
+    """
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def encode_item(item: dict[str, Any]) -> bytes:
-    return orjson.dumps(item)
+    """A status item's JSON, sized to keep."""
+    return _dumps(item)
 
 
 def _join(parts: Iterable[bytes]) -> bytes:
@@ -91,7 +102,7 @@ def _join(parts: Iterable[bytes]) -> bytes:
 
 def hello_frame(user: str, session: str, node: str, heartbeat_s: float) -> bytes:
     hb: float | int = int(heartbeat_s) if float(heartbeat_s).is_integer() else heartbeat_s
-    return orjson.dumps(
+    return _dumps(
         {"type": "hello", "user": user, "session": session, "node": node, "heartbeat_s": hb}
     )
 
@@ -128,15 +139,15 @@ def list_frame(added: Iterable[bytes], removed: Iterable[str]) -> bytes:
 
 
 def ack_frame(ref: str | None, item: dict[str, Any]) -> bytes:
-    return orjson.dumps({"type": "ack", "ref": ref, "item": item})
+    return _dumps({"type": "ack", "ref": ref, "item": item})
 
 
 def pong_frame(ref: str | None) -> bytes:
-    return orjson.dumps({"type": "pong", "ref": ref})
+    return _dumps({"type": "pong", "ref": ref})
 
 
 def error_frame(ref: str | None, code: str, message: str) -> bytes:
-    return orjson.dumps({"type": "error", "ref": ref, "code": code, "message": message})
+    return _dumps({"type": "error", "ref": ref, "code": code, "message": message})
 
 
 def error_body(code: str, message: str) -> bytes:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 import time
 import uuid
 from collections.abc import Coroutine, Iterable
@@ -31,7 +33,7 @@ from service.events import InboxBatch, ListChange
 from service.node.interest import InterestRegistry
 from service.node.session import CachedItem, Session
 from service.presence import PresenceStore, now_ms
-from service.protocol import list_frame, snapshot_frame
+from service.protocol import encode_item, list_frame, snapshot_frame
 from service.redis_conn import REDIS_DOWN
 from service.tasks import cancel_and_wait
 
@@ -108,7 +110,7 @@ class Hub:
     # ----- sessions --------------------------------------------------------------------
 
     def new_session_id(self) -> str:
-        return uuid.uuid4().hex[:16]
+        return os.urandom(8).hex()
 
     async def open(self, session: Session) -> None:
         """Index a session registered in Redis, load its list, and queue its snapshot."""
@@ -120,8 +122,8 @@ class Hub:
         buddies = await self.store.load_list(session.user)
         if session.closed:
             return
-        session.buddies = buddies
-        await self._watch(session, buddies)
+        session.buddies = tuple(sorted(buddies))
+        await self._watch(session, session.buddies)
         if session.closed:
             return
         session.start(self._snapshot(session))
@@ -174,7 +176,7 @@ class Hub:
 
     def _snapshot(self, session: Session) -> bytes:
         parts = []
-        for subject in sorted(session.buddies):
+        for subject in session.buddies:
             cached = self.latest.get(subject)
             parts.append(cached.data if cached else orjson.dumps(unseen_item(subject)))
         return snapshot_frame(parts)
@@ -240,7 +242,7 @@ class Hub:
                 watching = self.watchers.get(subject)
                 if not watching:
                     return
-        cached = CachedItem(item, orjson.dumps(item), life)
+        cached = CachedItem(item, encode_item(item), life)
         self.latest[subject] = cached
         written = 0
         for session in watching:
@@ -257,7 +259,7 @@ class Hub:
         ended = [s for s in watching if subject not in s.held]
         frame = list_frame([], [subject])
         for session in ended:
-            session.buddies.discard(subject)
+            session.buddies = tuple(b for b in session.buddies if b != subject)
             if not session.push_control(frame):
                 self._spawn(self.close_slow(session))
             self._unwatch(session, [subject])
@@ -292,8 +294,9 @@ class Hub:
         async with session.list_lock:
             if session.closed:
                 return
-            added = [s for s in change.added if s not in session.buddies]
-            removed = [s for s in change.removed if s in session.buddies]
+            buddies = set(session.buddies)
+            added = [sys.intern(s) for s in dict.fromkeys(change.added) if s not in buddies]
+            removed = [s for s in dict.fromkeys(change.removed) if s in buddies]
             if not added and not removed:
                 return
             for subject in removed:
@@ -301,16 +304,18 @@ class Hub:
                 if gone is not None:
                     life, item = gone
                     self.offer(item, life)
-            session.buddies.difference_update(removed)
+            # Those offers may have ended a life and taken its subject out: read it again.
+            buddies = set(session.buddies).difference(removed)
+            buddies.update(added)
+            session.buddies = tuple(sorted(buddies))
             self._unwatch(session, removed)
-            session.buddies.update(added)
             # Until the list frame is queued, items of the added subjects are not pushed:
             # the frame carries their latest item, and nothing may come before it.
-            session.held.update(added)
+            session.held = session.held.union(added)
             try:
                 await self._watch(session, added, fresh=True)
             finally:
-                session.held.difference_update(added)
+                session.held = session.held.difference(added)
             if session.closed:
                 return
             items = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -433,3 +434,19 @@ def test_websocket_text_frame_header_per_rfc6455(size: int, header: bytes) -> No
     # FIN + text opcode, no mask bit (a server's frame), 7-bit, 16-bit or 64-bit length.
     payload = b"x" * size
     assert websocket_text_frame(payload) == header + payload
+
+
+def test_kept_encodings_are_sized_to_their_json() -> None:
+    """orjson's own bytes hold 4 KiB or more; cached items and queued frames must not."""
+    item = Status("bob", Presence.AWAY, "lunch", None, 3, 1_764_160_000_000, True).watcher_item()
+    made: list[bytes] = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        made += [encode_item(item) for _ in range(1000)]
+        made += [ack_frame("r", item) for _ in range(1000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert orjson.loads(made[0]) == item
+    assert held / len(made) < 400, f"{held / len(made):.0f} bytes per encoding"

@@ -133,7 +133,7 @@ async def test_statuses_after_start_follow_the_snapshot(make_session: MakeSessio
     session.push_status("bob", cached("bob", 2))
     await settle()
     assert ws.frames[0] == snap
-    assert ws.decoded()[1] == {"type": "status", "items": [cached("bob", 2).item]}
+    assert ws.decoded()[1] == {"type": "status", "items": [orjson.loads(cached("bob", 2).data)]}
     assert len(ws.frames) == 2
 
 
@@ -161,7 +161,7 @@ async def test_push_status_coalesces_per_subject_keeping_the_newest(
     assert [f["type"] for f in frames] == ["snapshot", "status"]
     assert versions(frames[1]) == {"bob": 3, "carol": 7}
     assert len(frames[1]["items"]) == 2
-    assert frames[1]["items"][0] == cached("bob", 3).item
+    assert frames[1]["items"][0] == orjson.loads(cached("bob", 3).data)
 
 
 async def test_a_single_pending_item_is_sent_as_its_encoded_frame(
@@ -188,7 +188,9 @@ async def test_versions_only_increase_per_subject(make_session: MakeSession) -> 
         if version % 4 == 0:
             await settle()
         if version % 7 == 0:
-            session.push_control(ack_frame(f"r{version}", cached("alice", version).item))
+            session.push_control(
+                ack_frame(f"r{version}", orjson.loads(cached("alice", version).data))
+            )
     await settle()
     seen: dict[str, list[int]] = {}
     for frame in ws.decoded()[1:]:
@@ -212,7 +214,7 @@ async def test_push_control_flushes_pending_statuses_first(make_session: MakeSes
     await settle()
     session.push_status("bob", cached("bob", 1))
     session.push_status("carol", cached("carol", 1))
-    ack = ack_frame("r1", cached("alice", 9).item)
+    ack = ack_frame("r1", orjson.loads(cached("alice", 9).data))
     assert session.push_control(ack)
     assert session.pending == {}
     session.push_status("bob", cached("bob", 2))
@@ -233,7 +235,7 @@ async def test_push_control_keeps_order_while_the_writer_is_busy(
     session.start(snapshot("bob"))
     await settle()
     session.push_status("bob", cached("bob", 1))
-    listed = list_frame([orjson.dumps(cached("carol", 3).item)], [])
+    listed = list_frame([cached("carol", 3).data], [])
     assert session.push_control(listed)
     session.push_status("bob", cached("bob", 2))
     session.push_status("bob", cached("bob", 3))
@@ -320,8 +322,7 @@ async def test_writer_stops_when_the_socket_fails(
     session.start(snapshot())
     await settle()
     assert session.closed
-    assert session.writer is not None
-    assert session.writer.done()
+    assert session.writer is None
     assert session.stalled_for(time.monotonic()) == 0.0
 
 
@@ -331,10 +332,46 @@ async def test_stop_writer_cancels_a_blocked_send(make_session: MakeSession) -> 
     session = make_session(ws)
     session.start(snapshot())
     await settle()
+    writer = session.writer
     await asyncio.wait_for(session.stop_writer(), timeout=2)
     assert session.closed
-    assert session.writer is not None
-    assert session.writer.done()
+    assert writer is not None and writer.done()
+    assert session.writer is None
     session.push_status("bob", cached("bob", 1))
     await settle()
     assert ws.frames == []
+
+
+async def test_an_idle_session_holds_no_writer_and_no_frame(make_session: MakeSession) -> None:
+    ws = FakeWS()
+    session = make_session(ws)
+    session.start(snapshot("bob"))
+    await settle()
+    # The writer ends once the outbox is empty: nothing of the snapshot stays referenced.
+    assert session.writer is None
+    session.push_control(ack_frame("r1", orjson.loads(cached("alice", 1).data)))
+    assert session.writer is not None  # a push starts a new one
+    await settle()
+    assert session.writer is None
+    assert session.control == [] and session.control_bytes == 0
+    assert [f["type"] for f in ws.decoded()] == ["snapshot", "ack"]
+
+
+async def test_drain_waits_for_the_writer(make_session: MakeSession) -> None:
+    ws = FakeWS()
+    ws.gate = asyncio.Event()
+    session = make_session(ws)
+    session.start(snapshot())
+    session.push_control(ack_frame("r1", orjson.loads(cached("alice", 1).data)))
+    draining = asyncio.create_task(session.drain(timeout_s=5))
+    await settle()
+    assert not draining.done()
+    ws.gate.set()
+    await asyncio.wait_for(draining, timeout=2)
+    assert len(ws.frames) == 2
+    # Bounded when the client does not read.
+    ws.gate.clear()
+    session.push_control(ack_frame("r2", orjson.loads(cached("alice", 2).data)))
+    started = time.monotonic()
+    await session.drain(timeout_s=0.05)
+    assert time.monotonic() - started < 1
