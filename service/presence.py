@@ -147,26 +147,26 @@ class PresenceStore:
         The user's first session makes them visible to watchers.
         """
         k = self.keys(user)
+        listed = keys.node_sessions(node)
+        member = f"{session} {user}"
         for _ in range(_MAX_HYDRATE_ATTEMPTS):
             with _T_SESSION_OPEN.time():
-                code = int(
+                # One round trip. The node lists the session first: if the node dies right
+                # after, the reaper closes it (closing a session never opened does nothing).
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.sadd(listed, member)
                     await self.scripts.session_open(
                         keys=[k.status, k.sessions, k.due, k.events],
-                        args=[
-                            user,
-                            session,
-                            node,
-                            now_ms(),
-                            self.settings.stream_maxlen,
-                            max_sessions,
-                        ],
-                    )
-                )
-            if code == 2:
-                return False
-            if code == 0:
-                await self.redis.sadd(keys.node_sessions(node), f"{session} {user}")
+                        args=[user, session, node, now_ms(), self.settings.stream_maxlen,
+                              max_sessions],
+                        client=pipe,
+                    )  # fmt: skip
+                    _, code = await pipe.execute()
+            if int(code) == 0:
                 return True
+            if int(code) == 2:
+                await self.redis.srem(listed, member)
+                return False
             await self.hydrate([user])
         raise Unavailable("status could not be loaded")
 

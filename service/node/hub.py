@@ -55,7 +55,9 @@ class Hub:
         self.blocking_redis = blocking_redis
         self.sessions: dict[str, Session] = {}
         self.own: dict[str, set[Session]] = {}
-        self.watchers: dict[str, set[Session]] = {}
+        # Watchers of each subject as dict keys: a dict of 25 sessions (a subject's mean on
+        # a node of the standard benchmark) takes half the memory of a set of them.
+        self.watchers: dict[str, dict[Session, None]] = {}
         self.latest: dict[str, CachedItem] = {}
         self.interest = InterestRegistry(self.redis, self.node, lambda u: store.keys(u).interest)
         self.epoch: str | None = None
@@ -190,9 +192,9 @@ class Hub:
         for subject in subjects:
             watching = self.watchers.get(subject)
             if watching is None:
-                watching = self.watchers[subject] = set()
+                watching = self.watchers[subject] = {}
                 new.append(subject)
-            watching.add(session)
+            watching[session] = None
         if new:
             await self.interest.add(new)
         need = [s for s in session.buddies if s not in self.latest and s in self.watchers]
@@ -217,7 +219,7 @@ class Hub:
             watching = self.watchers.get(subject)
             if watching is None:
                 continue
-            watching.discard(session)
+            watching.pop(session, None)
             if not watching:
                 del self.watchers[subject]
                 self.latest.pop(subject, None)
@@ -251,7 +253,7 @@ class Hub:
             metrics.DELIVERIES.inc(written)
             metrics.PROPAGATION.observe(max(0.0, time.time() - cached.updated_at / 1000))
 
-    def _end_life(self, subject: str, watching: set[Session]) -> None:
+    def _end_life(self, subject: str, watching: dict[Session, None]) -> None:
         """The subject was deleted and its id is in use again: take it out of the lists of
         the sessions that hold its ended life."""
         # Their own removal (every edge to a deleted user goes) may still be on its way; a
