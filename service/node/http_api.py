@@ -55,7 +55,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 404:
             return error_response(NotFound(f"no route {request.method} {request.path}"))
         if exc.status == 405:
-            return error_response(BadRequest(f"method {request.method} not allowed here"), 405)
+            response = error_response(BadRequest(f"method {request.method} not allowed here"), 405)
+            if "Allow" in exc.headers:  # RFC 9110 15.5.6: a 405 names the methods that work
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         if exc.status == 413:
             return error_response(TooLarge("request body too large"))
         if exc.status < 500:

@@ -218,19 +218,22 @@ async def test_unknown_route_is_404_json(api: Client) -> None:
         await expect_error(await api.get(path, headers=auth()), 404, "not_found")
 
 
-async def test_wrong_method_is_405_json(api: Client) -> None:
-    for method, path in (
-        ("POST", "/v1/users/alice/status"),
-        ("PATCH", "/v1/users/alice/buddies/bob"),
-        ("GET", "/v1/users/alice/buddies/bob"),
-        ("PUT", "/v1/users/alice/buddies"),
-        ("GET", "/v1/import"),
-        ("PUT", "/v1/import"),
-        ("GET", "/v1/friendships/alice/bob"),
-        ("GET", "/v1/users/alice"),
-        ("POST", "/healthz"),
+async def test_wrong_method_is_405_json_with_allow(api: Client) -> None:
+    for method, path, allowed in (
+        ("POST", "/v1/users/alice/status", {"GET", "PUT"}),
+        ("PATCH", "/v1/users/alice/buddies/bob", {"PUT", "DELETE"}),
+        ("GET", "/v1/users/alice/buddies/bob", {"PUT", "DELETE"}),
+        ("PUT", "/v1/users/alice/buddies", {"GET"}),
+        ("GET", "/v1/import", {"POST"}),
+        ("PUT", "/v1/import", {"POST"}),
+        ("GET", "/v1/friendships/alice/bob", {"PUT", "DELETE"}),
+        ("GET", "/v1/users/alice", {"DELETE"}),
+        ("POST", "/healthz", {"GET"}),
     ):
-        await expect_error(await api.request(method, path, headers=auth()), 405, None)
+        response = await api.request(method, path, headers=auth())
+        allow = {m.strip() for m in response.headers.get("Allow", "").split(",")} - {"HEAD"}
+        assert allow == allowed, (method, path, response.headers.get("Allow"))
+        await expect_error(response, 405, None)
 
 
 # ----- identities ---------------------------------------------------------------------
