@@ -41,9 +41,21 @@ log = logging.getLogger(__name__)
 
 INBOX_BLOCK_MS = 2000
 INBOX_COUNT = 100
+SPREAD_CHUNK = 512
+"""Watchers reached in one loop pass when a subject has more: a celebrity's change (10,000
+socket writes a node) must not hold up every other item, ack and ping behind it."""
 CLOSE_NODE_RESTARTING = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 DEREGISTER_ATTEMPTS = 8
+
+
+class Spread:
+    """A subject's item on its way to many local watchers; `given` says who has which."""
+
+    __slots__ = ("given",)
+
+    def __init__(self) -> None:
+        self.given: dict[Session, CachedItem] = {}
 
 
 class Hub:
@@ -59,6 +71,7 @@ class Hub:
         # a node of the standard benchmark) takes half the memory of a set of them.
         self.watchers: dict[str, dict[Session, None]] = {}
         self.latest: dict[str, CachedItem] = {}
+        self._spreads: dict[str, Spread] = {}
         self.interest = InterestRegistry(self.redis, self.node, lambda u: store.keys(u).interest)
         self.epoch: str | None = None
         self.draining = False
@@ -177,11 +190,21 @@ class Hub:
                 await self.close_slow(session)
 
     def _snapshot(self, session: Session) -> bytes:
+        return snapshot_frame(self._items(session, session.buddies))
+
+    def _items(self, session: Session, subjects: Iterable[str]) -> list[bytes]:
+        """The latest item of each subject, encoded, for a frame queued to `session`."""
         parts = []
-        for subject in session.buddies:
+        spreading = self._spreads
+        for subject in subjects:
             cached = self.latest.get(subject)
-            parts.append(cached.data if cached else orjson.dumps(unseen_item(subject)))
-        return snapshot_frame(parts)
+            if cached is None:
+                parts.append(orjson.dumps(unseen_item(subject)))
+                continue
+            parts.append(cached.data)
+            if spreading:
+                self._given(session, subject, cached)
+        return parts
 
     async def _watch(
         self, session: Session, subjects: Iterable[str], *, fresh: bool = False
@@ -246,9 +269,64 @@ class Hub:
                     return
         cached = CachedItem(item, encode_item(item), life)
         self.latest[subject] = cached
+        if subject in self._spreads:
+            return  # the running spread sees the newer item and goes round again
+        if len(watching) > SPREAD_CHUNK:
+            spread = self._spreads[subject] = Spread()
+            self._spawn(self._spread(subject, spread))
+            return
         written = 0
         for session in watching:
             written += session.push_status(subject, cached)
+        self._delivered(cached, written)
+
+    async def _spread(self, subject: str, spread: Spread) -> None:
+        """Push `subject`'s latest item to its watchers a chunk per loop pass; start over
+        with a newer item when one comes, skipping sessions that have it already."""
+        try:
+            while True:
+                cached = self.latest.get(subject)
+                watching = self.watchers.get(subject)
+                if cached is None or not watching:
+                    return
+                sessions = list(watching)
+                written = 0
+                for start in range(0, len(sessions), SPREAD_CHUNK):
+                    if start:
+                        await asyncio.sleep(0)
+                        watching = self.watchers.get(subject)
+                        if self.latest.get(subject) is not cached or not watching:
+                            break
+                    given = spread.given
+                    for session in sessions[start : start + SPREAD_CHUNK]:
+                        # Removed from the list meanwhile, or given it by a snapshot or a
+                        # list frame: a repeated version is not allowed.
+                        if session in watching and given.get(session) is not cached:
+                            given[session] = cached
+                            written += session.push_status(subject, cached)
+                self._delivered(cached, written)
+                if self.latest.get(subject) is cached:
+                    return
+        finally:
+            del self._spreads[subject]
+
+    def _given(self, session: Session, subject: str, cached: CachedItem) -> None:
+        """Note that a frame other than the spread's carries `cached` to `session`."""
+        spread = self._spreads.get(subject)
+        if spread is not None:
+            spread.given[session] = cached
+
+    def _push_now(self, session: Session, subject: str) -> None:
+        """Give `session` the subject's latest item now, unless a spread has already."""
+        cached = self.latest.get(subject)
+        spread = self._spreads.get(subject)
+        if cached is None or spread is None or spread.given.get(session) is cached:
+            return
+        spread.given[session] = cached
+        self._delivered(cached, session.push_status(subject, cached))
+
+    @staticmethod
+    def _delivered(cached: CachedItem, written: int) -> None:
         if written:
             metrics.DELIVERIES.inc(written)
             metrics.PROPAGATION.observe(max(0.0, time.time() - cached.updated_at / 1000))
@@ -306,6 +384,8 @@ class Hub:
                 if gone is not None:
                     life, item = gone
                     self.offer(item, life)
+                    # Watchers see the deleted user offline before the list frame.
+                    self._push_now(session, subject)
             # Those offers may have ended a life and taken its subject out: read it again.
             buddies = set(session.buddies).difference(removed)
             buddies.update(added)
@@ -320,11 +400,7 @@ class Hub:
                 session.held = session.held.difference(added)
             if session.closed:
                 return
-            items = []
-            for subject in added:
-                cached = self.latest.get(subject)
-                items.append(cached.data if cached else orjson.dumps(unseen_item(subject)))
-            if not session.push_control(list_frame(items, removed)):
+            if not session.push_control(list_frame(self._items(session, added), removed)):
                 await self.close_slow(session)
 
     async def _inbox_loop(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from service.embedded_redis import RedisNotFound, find_redis_server
+from service.node.hub import SPREAD_CHUNK
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.timeout(180)
@@ -112,3 +113,32 @@ def test_tiny_bench_runs_clean_and_reports_every_field(tmp_path: Path) -> None:
     assert "make bench" in written
     assert written.rstrip().endswith("## Notes\n\n- 2026-01-01: kept by hand")
     assert "old figures" not in written
+
+
+def test_a_celebrity_spread_over_chunks_keeps_every_guarantee(tmp_path: Path) -> None:
+    """On one node the celebrity has more watchers than `SPREAD_CHUNK`, so each of its
+    changes (and its coming online during the storm) reaches them over several loop
+    passes while others connect, change and get snapshots: nothing may go missing,
+    repeat or reach a session outside the celebrity's watchers."""
+    try:
+        find_redis_server()
+    except RedisNotFound as exc:
+        unavailable(str(exc))
+    users = 3 * SPREAD_CHUNK
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDYCAST_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "bench", "--users", str(users), "--mean-list", "4",
+         "--max-list", "20", "--seconds", "6", "--rate", "100", "--celebrity-every", "0.5",
+         "--nodes", "1", "--workers", "1", "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    correctness = results["correctness"]
+    assert results["connect"]["sessions"] == users and results["connect"]["failed"] == 0
+    assert results["steady"]["celebrity_changes"] >= 10
+    assert results["steady"]["deliveries"] >= 10 * (users - 1)
+    assert correctness["checked"] > users
+    broken = {k: correctness[k] for k in ("missing", "regressions", "foreign")}
+    assert broken == {"missing": 0, "regressions": 0, "foreign": 0}

@@ -20,28 +20,7 @@ from prometheus_client import REGISTRY
 from service.domain import Presence, Status
 from service.node.session import MAX_CONTROL_BYTES, CachedItem, Session
 from service.protocol import ack_frame, list_frame, snapshot_frame
-
-
-class FakeWS:
-    """Records every frame; `gate` (when set) holds each send until it is opened."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.opcodes: list[WSMsgType] = []
-        self.gate: asyncio.Event | None = None
-        self.fail: BaseException | None = None
-
-    async def send_frame(self, data: bytes, opcode: WSMsgType) -> None:
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail is not None:
-            raise self.fail
-        self.frames.append(data)
-        self.opcodes.append(opcode)
-
-    def decoded(self) -> list[Any]:
-        return [orjson.loads(f) for f in self.frames]
-
+from tests.unit.fakes import FakeWS
 
 MakeSession = Callable[[FakeWS], Session]
 
