@@ -59,8 +59,32 @@ class PresenceStore:
         self.scripts = Scripts(redis)
         self._keys = lru_cache(maxsize=65536)(self._make_keys)
         # Sessions opening together (a storm, a node's restart) share SQL reads.
-        self._sql_lists: BulkReader[str, list[str]] = BulkReader(db.get_lists, [], max_keys=200)
+        self._sql_lists: BulkReader[str, list[str]] = BulkReader(
+            self._lists_from_sql, [], max_keys=200
+        )
         self._sql_statuses: BulkReader[str, Status | None] = BulkReader(self._get_statuses, None)
+
+    async def _lists_from_sql(self, owners: list[str]) -> dict[str, list[str]]:
+        """Lists read from SQL, their Redis copies stored in one round trip for all.
+
+        `load_list.lua` stores a copy only if the list's version is still the one read
+        before the SQL read: an edit that raced the read leaves no stale copy.
+        """
+        owner_keys = [self.keys(owner) for owner in owners]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in owner_keys:
+                pipe.get(k.list_version)
+            seen = await pipe.execute()
+        lists = await self.db.get_lists(owners)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for owner, k, version in zip(owners, owner_keys, seen, strict=True):
+                await self.scripts.load_list(
+                    keys=[k.list, k.list_version],
+                    args=[version or "", LIST_COPY_TTL_MS, *lists[owner]],
+                    client=pipe,
+                )
+            await pipe.execute()
+        return lists
 
     async def _get_statuses(self, users: list[str]) -> dict[str, Status | None]:
         return dict(await self.db.get_statuses(users))
@@ -202,23 +226,13 @@ class PresenceStore:
 
         Ids are interned: a node holds each buddy id once, not once per list it is in.
         """
-        k = self.keys(owner)
         with _T_LOAD_LIST.time():
-            # The version is read with the copy: when there is no copy, loading one from
-            # SQL must not overwrite an edit made meanwhile (load_list.lua checks it).
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.smembers(k.list)
-                pipe.get(k.list_version)
-                members, seen_version = await pipe.execute()
+            members = await self.redis.smembers(self.keys(owner).list)
         if keys.LIST_LOADED in members:
             members.discard(keys.LIST_LOADED)
             return set(map(sys.intern, members))
         with _T_SQL_LIST.time():
             buddies = await self._sql_lists.get(owner)
-        await self.scripts.load_list(
-            keys=[k.list, k.list_version],
-            args=[seen_version or "", LIST_COPY_TTL_MS, *buddies],
-        )
         return set(map(sys.intern, buddies))
 
     async def change_list(

@@ -1,0 +1,68 @@
+"""Redis copies of lists: read from SQL when absent, stored for the next session, and
+never stored stale when an edit races the SQL read. Real Redis, both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from service import keys
+from service.config import Settings
+from service.presence import PresenceStore
+from service.redis_conn import connect
+from service.storage import Database
+
+
+@pytest.fixture
+async def store(redis_url: str, database: Database) -> AsyncIterator[PresenceStore]:
+    edges = [(f"o{o}", f"b{b}") for o in range(30) for b in range(o % 7)]
+    await database.import_edges([(n, *edge) for n, edge in enumerate(edges)], 1000, 1)
+    redis = connect(redis_url)
+    yield PresenceStore(redis, database, Settings(redis_url=redis_url))
+    await redis.aclose()
+
+
+def expected(owner: int) -> set[str]:
+    return {f"b{b}" for b in range(owner % 7)}
+
+
+async def copy_of(store: PresenceStore, owner: str) -> set[str]:
+    return set(await store.redis.smembers(store.keys(owner).list))
+
+
+async def test_sessions_opening_together_get_their_lists_and_leave_copies(
+    store: PresenceStore,
+) -> None:
+    owners = [f"o{o}" for o in range(30)]
+    lists = await asyncio.gather(*(store.load_list(owner) for owner in owners))
+    assert lists == [expected(o) for o in range(30)]
+    for o, owner in enumerate(owners):
+        # The copy marks itself loaded, so an empty list is a copy too.
+        assert await copy_of(store, owner) == expected(o) | {keys.LIST_LOADED}
+        assert await store.redis.pttl(store.keys(owner).list) > 0
+    # The next session reads the copy, not SQL.
+    await store.redis.srem(store.keys("o6").list, "b0")
+    assert await store.load_list("o6") == expected(6) - {"b0"}
+
+
+async def test_an_edit_during_the_sql_read_leaves_no_copy(
+    store: PresenceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read = store.db.get_lists
+
+    async def read_while_edited(owners: Sequence[str]) -> Any:
+        found = await read(owners)
+        # An edit committed after this read: its Redis step bumps the version.
+        await store.redis.incr(store.keys("o3").list_version)
+        return found
+
+    monkeypatch.setattr(store.db, "get_lists", read_while_edited)
+    assert await asyncio.gather(store.load_list("o3"), store.load_list("o4")) == [
+        expected(3),
+        expected(4),
+    ]
+    assert await copy_of(store, "o3") == set()  # refused: the next load reads SQL again
+    assert await copy_of(store, "o4") == expected(4) | {keys.LIST_LOADED}
