@@ -49,15 +49,6 @@ CLOSE_TRY_AGAIN_LATER = 1013
 DEREGISTER_ATTEMPTS = 8
 
 
-class Spread:
-    """A subject's item on its way to many local watchers; `given` says who has which."""
-
-    __slots__ = ("given",)
-
-    def __init__(self) -> None:
-        self.given: dict[Session, CachedItem] = {}
-
-
 class Hub:
     def __init__(self, settings: Settings, store: PresenceStore, blocking_redis: Any) -> None:
         self.settings = settings
@@ -71,7 +62,9 @@ class Hub:
         # a node of the standard benchmark) takes half the memory of a set of them.
         self.watchers: dict[str, dict[Session, None]] = {}
         self.latest: dict[str, CachedItem] = {}
-        self._spreads: dict[str, Spread] = {}
+        # Subjects being spread over several loop passes, and which session has which of
+        # their items (a snapshot or list frame may carry one before the spread gets there).
+        self._spreads: dict[str, dict[Session, CachedItem]] = {}
         self.interest = InterestRegistry(self.redis, self.node, lambda u: store.keys(u).interest)
         self.epoch: str | None = None
         self.draining = False
@@ -202,8 +195,9 @@ class Hub:
                 parts.append(orjson.dumps(unseen_item(subject)))
                 continue
             parts.append(cached.data)
-            if spreading:
-                self._given(session, subject, cached)
+            given = spreading.get(subject) if spreading else None
+            if given is not None:
+                given[session] = cached
         return parts
 
     async def _watch(
@@ -272,17 +266,18 @@ class Hub:
         if subject in self._spreads:
             return  # the running spread sees the newer item and goes round again
         if len(watching) > SPREAD_CHUNK:
-            spread = self._spreads[subject] = Spread()
-            self._spawn(self._spread(subject, spread))
+            self._spreads[subject] = {}
+            self._spawn(self._spread(subject))
             return
         written = 0
         for session in watching:
             written += session.push_status(subject, cached)
         self._delivered(cached, written)
 
-    async def _spread(self, subject: str, spread: Spread) -> None:
+    async def _spread(self, subject: str) -> None:
         """Push `subject`'s latest item to its watchers a chunk per loop pass; start over
         with a newer item when one comes, skipping sessions that have it already."""
+        given = self._spreads[subject]
         try:
             while True:
                 cached = self.latest.get(subject)
@@ -297,7 +292,6 @@ class Hub:
                         watching = self.watchers.get(subject)
                         if self.latest.get(subject) is not cached or not watching:
                             break
-                    given = spread.given
                     for session in sessions[start : start + SPREAD_CHUNK]:
                         # Removed from the list meanwhile, or given it by a snapshot or a
                         # list frame: a repeated version is not allowed.
@@ -310,20 +304,17 @@ class Hub:
         finally:
             del self._spreads[subject]
 
-    def _given(self, session: Session, subject: str, cached: CachedItem) -> None:
-        """Note that a frame other than the spread's carries `cached` to `session`."""
-        spread = self._spreads.get(subject)
-        if spread is not None:
-            spread.given[session] = cached
-
-    def _push_now(self, session: Session, subject: str) -> None:
-        """Give `session` the subject's latest item now, unless a spread has already."""
+    def _settle(self, session: Session, subject: str) -> None:
+        """Push now what a running spread still owes a watching `session` of `subject`, as
+        the fan-out of a small subject would have: a frame about to change the session's
+        view of it must not overtake the item."""
+        given = self._spreads.get(subject)
         cached = self.latest.get(subject)
-        spread = self._spreads.get(subject)
-        if cached is None or spread is None or spread.given.get(session) is cached:
+        if given is None or cached is None or given.get(session) is cached:
             return
-        spread.given[session] = cached
-        self._delivered(cached, session.push_status(subject, cached))
+        if session in self.watchers.get(subject, ()):
+            given[session] = cached
+            self._delivered(cached, session.push_status(subject, cached))
 
     @staticmethod
     def _delivered(cached: CachedItem, written: int) -> None:
@@ -384,8 +375,8 @@ class Hub:
                 if gone is not None:
                     life, item = gone
                     self.offer(item, life)
-                    # Watchers see the deleted user offline before the list frame.
-                    self._push_now(session, subject)
+                # The item in flight (a deleted user's `offline`) precedes the list frame.
+                self._settle(session, subject)
             # Those offers may have ended a life and taken its subject out: read it again.
             buddies = set(session.buddies).difference(removed)
             buddies.update(added)

@@ -127,10 +127,10 @@ async def test_a_session_that_leaves_the_list_midway_gets_nothing_more(node: Nod
     assert node.reached(1) == WATCHERS - 1
 
 
-async def test_push_now_gives_the_latest_item_once(node: Node) -> None:
+async def test_settle_gives_the_latest_item_once(node: Node) -> None:
     node.hub.offer(status(1), 0)
     last = list(node.sockets)[-1]
-    node.hub._push_now(last, CELEBRITY)  # a deleted user's final item, before its list frame
+    node.hub._settle(last, CELEBRITY)  # a deleted user's final item, before its list frame
     await node.settle()
     assert node.versions(last) == [1]
     assert node.reached(1) == WATCHERS
@@ -143,3 +143,12 @@ async def test_the_last_watcher_leaving_ends_the_spread(node: Node) -> None:
     await node.settle()
     assert node.reached(1) == 0
     assert not node.hub._spreads and CELEBRITY not in node.hub.latest
+
+
+async def test_settle_gives_nothing_to_a_session_that_no_longer_watches(node: Node) -> None:
+    node.hub.offer(status(1), 0)
+    last = list(node.sockets)[-1]
+    node.hub._unwatch(last, [CELEBRITY])  # an ended life took the subject out of its list
+    node.hub._settle(last, CELEBRITY)
+    await node.settle()
+    assert node.versions(last) == []
