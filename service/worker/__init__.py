@@ -26,14 +26,18 @@ class Worker:
         fanout = Fanout(store, settings)
         persist = Persist(store)
         consumer = settings.node_id
+        # One read covers every shard on a single Redis. A Cluster refuses a read across
+        # slots, and each shard is a slot of its own, so there each shard is read alone.
+        shards = tuple(range(settings.shards))
+        shard_sets = [(s,) for s in shards] if settings.redis_is_cluster else [shards]
         # Persistence is off the delivery path: it waits a little between short batches so
         # that each SQL transaction carries more rows.
         self.consumers = [
             GroupConsumer(
-                store.redis, blocking_redis, shard, group, consumer, handle,
+                store.redis, blocking_redis, shard_set, group, consumer, handle,
                 settings.max_deliveries, int(settings.claim_idle_s * 1000), linger_s=linger_s,
             )
-            for shard in range(settings.shards)
+            for shard_set in shard_sets
             for group, handle, linger_s in (
                 (keys.FANOUT_GROUP, fanout.handle, 0.0),
                 (keys.PERSIST_GROUP, persist.handle, PERSIST_LINGER_S),
@@ -45,7 +49,7 @@ class Worker:
         """Run every loop until cancelled; on cancellation, finish the batches in hand."""
         for consumer in self.consumers:
             await consumer.ensure_group()
-        tasks = [asyncio.create_task(c.run(), name=f"{c.group}-{c.shard}") for c in self.consumers]
+        tasks = [asyncio.create_task(c.run(), name=f"{c.group} {c.name}") for c in self.consumers]
         reaper = asyncio.create_task(self.reaper.run(), name="reaper")
         try:
             # wait(), not gather(): cancelling this must not cancel the consumers mid-batch.

@@ -1,6 +1,7 @@
 """The consumer-group routine shared by `fanout` and `persist`.
 
-Create the group, read new entries, run the handler, ack after it succeeds. A failed
+Create the group on each shard's stream, read new entries of all of them in one
+XREADGROUP, run the handler once over them, ack after it succeeds. A failed
 batch stays pending and is retried from this consumer's pending list; entries left
 pending by a dead consumer are claimed after `claim_idle_ms`; an entry delivered more
 than `max_deliveries` times goes to the shard's dead-letter stream.
@@ -38,7 +39,7 @@ class GroupConsumer:
         self,
         redis: Any,
         blocking_redis: Any,
-        shard: int,
+        shards: tuple[int, ...],
         group: str,
         consumer: str,
         handle: Handler,
@@ -48,8 +49,8 @@ class GroupConsumer:
     ) -> None:
         self.redis = redis
         self.blocking_redis = blocking_redis
-        self.shard = shard
-        self.stream = keys.events_stream(shard)
+        self.shards = shards
+        self.streams = {keys.events_stream(shard): shard for shard in shards}
         self.group = group
         self.consumer = consumer
         self.handle = handle
@@ -63,11 +64,12 @@ class GroupConsumer:
         self.scripts = Scripts(redis)
 
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def run(self) -> None:
         """Consume until stopped; errors are logged once and retried with a capped backoff."""
@@ -85,11 +87,11 @@ class GroupConsumer:
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     group_ready = False  # Redis lost the stream: create it again.
-                log.warning("%s shard %d: %s", self.group, self.shard, exc)
+                log.warning("%s %s: %s", self.group, self.name, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception as exc:
-                log.warning("%s shard %d: %s: %s", self.group, self.shard, type(exc).__name__, exc)
+                log.warning("%s %s: %s: %s", self.group, self.name, type(exc).__name__, exc)
                 self._own_pending_first = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -103,34 +105,49 @@ class GroupConsumer:
         response = await self.blocking_redis.xreadgroup(
             self.group,
             self.consumer,
-            {self.stream: start},
+            dict.fromkeys(self.streams, start),
             count=COUNT,
             block=None if self._own_pending_first else BLOCK_MS,
         )
-        entries = [e for _s, batch in response or () for e in batch]
-        if self._own_pending_first and not entries:
+        read = {stream: entries for stream, entries in response or () if entries}
+        if self._own_pending_first and not read:
             self._own_pending_first = False
             return
-        await self._process(entries)
-        if self.linger_s and len(entries) < COUNT:
+        await self._process(read)
+        if self.linger_s and all(len(entries) < COUNT for entries in read.values()):
             # A short batch: let the next one grow (`linger_s`), unless asked to stop.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.linger_s)
 
-    async def _process(self, entries: list[Entry]) -> None:
+    @property
+    def name(self) -> str:
+        """The shards read, for logs: `shard 3` or `shards 0-15`."""
+        if len(self.shards) == 1:
+            return f"shard {self.shards[0]}"
+        return f"shards {min(self.shards)}-{max(self.shards)}"
+
+    async def _process(self, read: dict[str, list[Entry]]) -> None:
         # Redis 6.2 returns trimmed-but-pending entries with no fields: nothing to do but ack.
-        live = [(i, f) for i, f in entries if f]
+        live = [(i, f) for entries in read.values() for i, f in entries if f]
         if live:
             await self.handle(live)
-        if entries:
-            await self.redis.xack(self.stream, self.group, *[i for i, _ in entries])
+        if not read:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, entries in read.items():
+                pipe.xack(stream, self.group, *[i for i, _ in entries])
+            await pipe.execute()
 
     async def claim(self) -> None:
         """Take over entries a stalled consumer left pending; dead-letter the hopeless ones."""
+        for stream in self.streams:
+            await self._claim_stream(stream)
+
+    async def _claim_stream(self, stream: str) -> None:
         cursor = "0-0"
         while True:
             reply = await self.redis.xautoclaim(
-                self.stream,
+                stream,
                 self.group,
                 self.consumer,
                 min_idle_time=self.claim_idle_ms,
@@ -145,25 +162,25 @@ class GroupConsumer:
                 self._own_pending_first = True
             if claimed:
                 metrics.REDELIVERIES.labels(group=self.group).inc(len(claimed))
-                await self._dead_letter_or_process(claimed)
+                await self._dead_letter_or_process(stream, claimed)
             if cursor in ("0-0", b"0-0"):
                 return
 
-    async def _dead_letter_or_process(self, claimed: list[Entry]) -> None:
+    async def _dead_letter_or_process(self, stream: str, claimed: list[Entry]) -> None:
         ids = [i for i, _ in claimed]
         pending = await self.redis.xpending_range(
-            self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 100
+            stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 100
         )
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         hopeless = [(i, f) for i, f in claimed if counts.get(i, 0) > self.max_deliveries]
         if hopeless:
-            dead = keys.dead_letters(self.shard)
+            dead = keys.dead_letters(self.streams[stream])
             args: list[Any] = [self.group, DEAD_LETTERS_MAXLEN]
             for entry_id, fields in hopeless:
                 args += [entry_id, orjson.dumps(fields or {}).decode()]
-            await self.scripts.dead_letter(keys=[self.stream, dead], args=args)
+            await self.scripts.dead_letter(keys=[stream, dead], args=args)
             metrics.DEAD_LETTERS.labels(group=self.group).inc(len(hopeless))
             log.error("%d %s entries moved to %s", len(hopeless), self.group, dead)
         rest = [(i, f) for i, f in claimed if counts.get(i, 0) <= self.max_deliveries]
         if rest:
-            await self._process(rest)
+            await self._process({stream: rest})

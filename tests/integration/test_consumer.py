@@ -34,9 +34,9 @@ async def redis(request, redis_url):
 
 
 def consumer(redis, name, handle, **kwargs) -> GroupConsumer:
-    return GroupConsumer(
-        redis, redis, 0, "g", name, handle, kwargs.pop("max_deliveries", 3), **kwargs
-    )
+    shards = kwargs.pop("shards", (0,))
+    max_deliveries = kwargs.pop("max_deliveries", 3)
+    return GroupConsumer(redis, redis, shards, "g", name, handle, max_deliveries, **kwargs)
 
 
 async def test_handled_entries_are_acked(redis) -> None:
@@ -148,3 +148,51 @@ async def test_trimmed_pending_entries_do_not_wedge_the_group(redis) -> None:
     await alive.step()
     assert got == ["after"]
     assert (await redis.xpending(stream, "g"))["pending"] == 0
+
+
+async def test_one_read_covers_every_shard_and_acks_each_stream(redis) -> None:
+    batches: list[list[str]] = []
+
+    async def handle(entries: list[Entry]) -> None:
+        batches.append(sorted(f["n"] for _, f in entries))
+
+    c = consumer(redis, "c1", handle, shards=(0, 1, 2))
+    await c.ensure_group()
+    for shard in (0, 1, 2):
+        await redis.xadd(keys.events_stream(shard), {"n": f"s{shard}"})
+    c._own_pending_first = False
+    await c.step()
+    assert batches == [["s0", "s1", "s2"]]
+    for shard in (0, 1, 2):
+        assert (await redis.xpending(keys.events_stream(shard), "g"))["pending"] == 0
+
+
+async def test_claims_and_dead_letters_stay_with_their_shard(redis) -> None:
+    async def crash(entries: list[Entry]) -> None:
+        raise RuntimeError("killed mid-batch")
+
+    dead = consumer(redis, "dead", crash, shards=(3, 4))
+    await dead.ensure_group()
+    await redis.xadd(keys.events_stream(3), {"n": "three"})
+    await redis.xadd(keys.events_stream(4), {"n": "four"})
+    dead._own_pending_first = False
+    with pytest.raises(RuntimeError):
+        await dead.step()
+
+    got: list[str] = []
+
+    async def only_three(entries: list[Entry]) -> None:
+        for _, fields in entries:
+            if fields["n"] != "three":
+                raise ValueError("cannot handle")
+            got.append(fields["n"])
+
+    alive = consumer(redis, "alive", only_three, shards=(3, 4), max_deliveries=2, claim_idle_ms=0)
+    with pytest.raises(ValueError):
+        await alive.claim()  # shard 3's entry is handled, then shard 4's fails
+    assert got == ["three"]
+    assert (await redis.xpending(keys.events_stream(3), "g"))["pending"] == 0
+    await alive.claim()  # the third delivery of shard 4's entry is past the limit
+    assert [f["n"] for _, f in await redis.xrange(keys.dead_letters(4))] == ["four"]
+    assert await redis.xrange(keys.dead_letters(3)) == []
+    assert (await redis.xpending(keys.events_stream(4), "g"))["pending"] == 0
