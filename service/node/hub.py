@@ -48,6 +48,8 @@ CLOSE_NODE_RESTARTING = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 DEREGISTER_ATTEMPTS = 8
 
+Watchers = list[Session] | dict[Session, None]
+
 
 class Hub:
     def __init__(self, settings: Settings, store: PresenceStore, blocking_redis: Any) -> None:
@@ -58,9 +60,12 @@ class Hub:
         self.blocking_redis = blocking_redis
         self.sessions: dict[str, Session] = {}
         self.own: dict[str, set[Session]] = {}
-        # Watchers of each subject as dict keys: a dict of 25 sessions (a subject's mean on
-        # a node of the standard benchmark) takes half the memory of a set of them.
-        self.watchers: dict[str, dict[Session, None]] = {}
+        # Watchers of each subject: a list while they fit in one spread chunk (a list of
+        # 25 sessions, a subject's mean on a node of the standard benchmark, takes a
+        # quarter of a dict's memory and a seventh of a set's), dict keys beyond, where the
+        # spread asks whether a session still watches. A session watches a subject exactly
+        # while the subject is in its `buddies`, so a list never holds one twice.
+        self.watchers: dict[str, Watchers] = {}
         self.latest: dict[str, CachedItem] = {}
         # Subjects being spread over several loop passes, and which session has which of
         # their items (a snapshot or list frame may carry one before the spread gets there).
@@ -207,11 +212,8 @@ class Hub:
         subjects = list(subjects)
         new = []
         for subject in subjects:
-            watching = self.watchers.get(subject)
-            if watching is None:
-                watching = self.watchers[subject] = {}
+            if self._add_watcher(subject, session):
                 new.append(subject)
-            watching[session] = None
         if new:
             await self.interest.add(new)
         need = [s for s in session.buddies if s not in self.latest and s in self.watchers]
@@ -231,18 +233,39 @@ class Hub:
                 self.offer(status.watcher_item(), status.life)
 
     def _unwatch(self, session: Session, subjects: Iterable[str]) -> None:
-        dropped = []
-        for subject in subjects:
-            watching = self.watchers.get(subject)
-            if watching is None:
-                continue
-            watching.pop(session, None)
-            if not watching:
-                del self.watchers[subject]
-                self.latest.pop(subject, None)
-                dropped.append(subject)
+        dropped = [subject for subject in subjects if self._remove_watcher(subject, session)]
         if dropped:
             self.interest.remove(dropped)
+
+    def _add_watcher(self, subject: str, session: Session) -> bool:
+        """Index `session` as a watcher of `subject`; True if the node had none."""
+        watching = self.watchers.get(subject)
+        if watching is None:
+            self.watchers[subject] = [session]
+            return True
+        if isinstance(watching, dict):
+            watching[session] = None
+        elif len(watching) < SPREAD_CHUNK:
+            watching.append(session)
+        else:
+            self.watchers[subject] = dict.fromkeys([*watching, session])
+        return False
+
+    def _remove_watcher(self, subject: str, session: Session) -> bool:
+        """Forget `session` as a watcher of `subject`; True if it was the last one."""
+        watching = self.watchers.get(subject)
+        if watching is None:
+            return False
+        if isinstance(watching, dict):
+            watching.pop(session, None)
+        else:
+            with contextlib.suppress(ValueError):
+                watching.remove(session)
+        if watching:
+            return False
+        del self.watchers[subject]
+        self.latest.pop(subject, None)
+        return True
 
     # ----- delivery --------------------------------------------------------------------
 
@@ -322,7 +345,7 @@ class Hub:
             metrics.DELIVERIES.inc(written)
             metrics.PROPAGATION.observe(max(0.0, time.time() - cached.updated_at / 1000))
 
-    def _end_life(self, subject: str, watching: dict[Session, None]) -> None:
+    def _end_life(self, subject: str, watching: Watchers) -> None:
         """The subject was deleted and its id is in use again: take it out of the lists of
         the sessions that hold its ended life."""
         # Their own removal (every edge to a deleted user goes) may still be on its way; a

@@ -43,7 +43,7 @@ class Node:
             session = Session(f"s{n}", f"u{n}", cast(Any, ws))
             session.buddies = (CELEBRITY,)
             session.start(snapshot_frame([]))
-            self.hub.watchers.setdefault(CELEBRITY, {})[session] = None
+            self.hub._add_watcher(CELEBRITY, session)
             self.sockets[session] = ws
 
     def versions(self, session: Session) -> list[int]:
@@ -84,6 +84,31 @@ async def test_a_large_fanout_goes_a_chunk_per_pass(node: Node) -> None:
     await node.settle()
     assert all(node.versions(s) == [1] for s in node.sockets)
     assert not node.hub._spreads
+
+
+async def test_watchers_are_a_list_up_to_a_chunk_and_a_dict_beyond() -> None:
+    small = Node(SPREAD_CHUNK)
+    sessions = list(small.sockets)
+    assert small.hub.watchers[CELEBRITY] == sessions
+    extra = Session("extra", "extra", cast(Any, FakeWS()))
+    small.hub._add_watcher(CELEBRITY, extra)
+    assert small.hub.watchers[CELEBRITY] == dict.fromkeys([*sessions, extra])
+    for session in [extra, *sessions[:-1]]:
+        assert not small.hub._remove_watcher(CELEBRITY, session)
+    assert small.hub._remove_watcher(CELEBRITY, sessions[-1])
+    assert CELEBRITY not in small.hub.watchers
+    await small.close()
+
+
+async def test_a_small_watcher_list_forgets_only_the_session_that_left() -> None:
+    small = Node(3)
+    first, second, third = small.sockets
+    assert not small.hub._remove_watcher(CELEBRITY, second)
+    assert not small.hub._remove_watcher(CELEBRITY, second)  # twice: nothing more
+    small.hub.offer(status(1), 0)
+    await small.settle()
+    assert [small.versions(s) for s in (first, second, third)] == [[1], [], [1]]
+    await small.close()
 
 
 async def test_a_small_fanout_is_written_at_once() -> None:
