@@ -10,6 +10,11 @@ later becomes garbage inside a reference cycle is not freed that way (a stream o
 abusive clients grew a node by 18 MiB in 12 s), so every `THAW_S` the freeze is lifted
 and the next full collection walks everything once. Smaller processes, whose full
 collections are short, keep the plain collector.
+
+The youngest generation is collected after 10,000 net allocations instead of 700: in
+the connect storm the collector took 16% of a node's main thread (py-spy, native), and
+at 10,000 a node used about 8% less CPU for the same storm (four runs each). Young
+garbage in cycles waits at most that long.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import time
 from typing import Any
 
 THAW_S = 300.0
+YOUNG_THRESHOLD = 10_000
 FREEZE_ABOVE = 300_000
 """Objects a full collection leaves before freezing pays: an idle node holds about 110,000."""
 
 
 def install() -> None:
-    """Freeze the survivors of each full collection; lift the freeze every `THAW_S`."""
+    """Collect the young generation less often; freeze the survivors of each full
+    collection; lift the freeze every `THAW_S`."""
     thawed_at = time.monotonic()
 
     def after_collection(phase: str, info: dict[str, Any]) -> None:
@@ -39,3 +46,5 @@ def install() -> None:
             gc.freeze()
 
     gc.callbacks.append(after_collection)
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)

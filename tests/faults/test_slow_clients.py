@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 
@@ -14,6 +15,14 @@ from tests.procs import API_HEADERS, Client, stalled_client
 pytestmark = pytest.mark.timeout(180)
 
 AVATAR = "https://example.com/" + "a" * 2000
+
+
+async def slow_closes(http, url: str) -> float:
+    """The node's count of sessions closed for not keeping up."""
+    async with http.get(f"{url}/metrics") as reply:
+        text = await reply.text()
+    found = re.search(r"^buddycast_slow_client_closes_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 async def test_stalled_reader_is_closed_with_1013_and_memory_stays_flat(make_deployment, http):
@@ -55,6 +64,12 @@ async def test_stalled_reader_is_closed_with_1013_and_memory_stays_flat(make_dep
             )
             lags.append(time.monotonic() - sent)
     rss_after = node.memory_info().rss
+    # Reading now would end the stall under test: first wait for the node to give up on
+    # the session (BUDDYCAST_SLOW_CLIENT_S after the stall began, at its next check).
+    for _ in range(50):
+        if await slow_closes(http, dep.url()) >= 1:
+            break
+        await asyncio.sleep(0.2)
     sock.setblocking(False)
     closed = False
     deadline = time.monotonic() + 10
