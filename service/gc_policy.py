@@ -46,5 +46,4 @@ def install() -> None:
             gc.freeze()
 
     gc.callbacks.append(after_collection)
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -49,7 +49,6 @@ class GroupConsumer:
     ) -> None:
         self.redis = redis
         self.blocking_redis = blocking_redis
-        self.shards = shards
         self.streams = {keys.events_stream(shard): shard for shard in shards}
         self.group = group
         self.consumer = consumer
@@ -122,9 +121,10 @@ class GroupConsumer:
     @property
     def name(self) -> str:
         """The shards read, for logs: `shard 3` or `shards 0-15`."""
-        if len(self.shards) == 1:
-            return f"shard {self.shards[0]}"
-        return f"shards {min(self.shards)}-{max(self.shards)}"
+        shards = self.streams.values()
+        if len(shards) == 1:
+            return f"shard {min(shards)}"
+        return f"shards {min(shards)}-{max(shards)}"
 
     async def _process(self, read: dict[str, list[Entry]]) -> None:
         # Redis 6.2 returns trimmed-but-pending entries with no fields: nothing to do but ack.
