@@ -21,13 +21,13 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> web.Applicat
     """The node app; with `with_worker` it also runs every worker loop (`buddycast run`)."""
     settings.require("redis_url", "jwt_secret", "api_key")
     app = web.Application(
-        middlewares=[http_api.errors_middleware, http_api.api_key_middleware],
+        middlewares=[http_api.api_middleware],
         client_max_size=1024**2,
     )
     app[SETTINGS] = settings
     app[LIMITER] = ConnectLimiter(settings.connect_rate_per_ip)
     http_api.add_routes(app)
-    app.router.add_get("/v1/ws", websocket_handler, allow_head=False)
+    app.router.add_get(http_api.WS_PATH, websocket_handler, allow_head=False)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         runtime = Runtime.open(settings)

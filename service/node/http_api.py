@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from importlib.resources import files
 from typing import Any
 
@@ -26,7 +27,8 @@ MAX_STATUS_BODY = 8 * 1024
 MAX_IMPORT_LINE = 1024
 IMPORT_BATCH = 1000
 MAX_REPORTED_REJECTS = 10_000
-_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/v1/ws"})
+WS_PATH = "/v1/ws"
+_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", WS_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,7 +69,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 @web.middleware
-async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def api_middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """The API key check and JSON errors, around every route of the node but `GET /v1/ws`.
+
+    The WebSocket handler answers its own refusals, then runs as long as its session: a
+    coroutine around it would live as long, and cost every session its frame.
+    """
+    if request.method == "GET" and request.path == WS_PATH:
+        return handler(request)
+    return errors_middleware(request, partial(_require_api_key, handler=handler))
+
+
+async def _require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/v1/") and request.path not in _PUBLIC:
         key = bearer(request.headers.get("Authorization"))
         if not api_key_matches(key, request.app[SETTINGS].api_key or ""):

@@ -31,7 +31,7 @@ from service.config import Settings
 from service.domain import Status, unseen_item
 from service.events import InboxBatch, ListChange
 from service.node.interest import InterestRegistry
-from service.node.session import CachedItem, Session
+from service.node.session import NOTHING_HELD, CachedItem, Session
 from service.presence import PresenceStore, now_ms
 from service.protocol import encode_item, list_frame, snapshot_frame
 from service.redis_conn import REDIS_DOWN
@@ -59,7 +59,7 @@ class Hub:
         self.redis = store.redis
         self.blocking_redis = blocking_redis
         self.sessions: dict[str, Session] = {}
-        self.own: dict[str, set[Session]] = {}
+        self.own: dict[str, list[Session]] = {}  # a user's sessions here: mostly one
         # Watchers of each subject: a list while they fit in one spread chunk (a list of
         # 25 sessions, a subject's mean on a node of the standard benchmark, takes a
         # quarter of a dict's memory and a seventh of a set's), dict keys beyond, where the
@@ -129,7 +129,7 @@ class Hub:
         """Index a session registered in Redis, load its list, and queue its snapshot."""
         started = time.perf_counter()
         self.sessions[session.id] = session
-        self.own.setdefault(session.user, set()).add(session)
+        self.own.setdefault(session.user, []).append(session)
         metrics.SESSIONS_OPEN.inc()
         metrics.CONNECTS.inc()
         buddies = await self.store.load_list(session.user)
@@ -158,7 +158,8 @@ class Hub:
         await session.stop_writer()
         mine = self.own.get(session.user)
         if mine is not None:
-            mine.discard(session)
+            with contextlib.suppress(ValueError):
+                mine.remove(session)
             if not mine:
                 del self.own[session.user]
         self._unwatch(session, session.buddies)
@@ -411,7 +412,7 @@ class Hub:
             try:
                 await self._watch(session, added, fresh=True)
             finally:
-                session.held = session.held.difference(added)
+                session.held = session.held.difference(added) or NOTHING_HELD
             if session.closed:
                 return
             if not session.push_control(list_frame(self._items(session, added), removed)):

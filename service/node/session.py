@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -22,37 +23,42 @@ MAX_CONTROL_BYTES = 1 << 20
 """Queued non-status frames (acks, list frames) beyond this mean the client is not reading."""
 DIRECT_WRITE_LIMIT = 64 * 1024
 """A socket with this many bytes unsent gets status items through the writer, coalesced."""
+NOTHING_HELD: frozenset[str] = frozenset()
+"""Shared by every session with no subject held: each `frozenset()` is a new 216 bytes."""
 
 
 class CachedItem:
     """A subject's latest item on this node, encoded once, and the life it belongs to."""
 
-    __slots__ = ("data", "frame", "life", "updated_at", "version", "wire")
+    __slots__ = ("data", "life", "updated_at", "version", "wire")
 
     def __init__(self, item: dict[str, Any], data: bytes, life: int) -> None:
         self.life = life
         self.version: int = item["version"]
         self.updated_at: int = item["updated_at"]
         self.data = data
-        self.frame = status_frame((data,))
-        self.wire = websocket_text_frame(self.frame)
+        # The frame itself is not kept: an item queued alone is rare, and the latest item
+        # of every watched subject is held on the node.
+        self.wire = websocket_text_frame(status_frame((data,)))
 
 
 class Session:
     __slots__ = (
+        "_list_lock",
         "buddies",
         "closed",
         "control",
         "control_bytes",
+        "errors",
         "heard_at",
         "held",
         "id",
         "list_backlog",
-        "list_lock",
         "loading",
         "pending",
         "pinged_at",
         "ready",
+        "requests",
         "sending_since",
         "transport",
         "user",
@@ -68,7 +74,7 @@ class Session:
         self.buddies: tuple[str, ...] = ()
         self.pending: dict[str, CachedItem] = {}
         # Subjects being added to the list: no status of them may precede the list frame.
-        self.held: frozenset[str] = frozenset()
+        self.held = NOTHING_HELD
         # Frames in order; the writer takes the whole list at a time (an empty list costs a
         # tenth of an empty deque, and most sessions' outboxes are empty).
         self.control: list[bytes] = []
@@ -77,12 +83,21 @@ class Session:
         self.loading = True
         self.closed = False
         self.list_backlog: list[Any] = []
-        self.list_lock = asyncio.Lock()
+        self._list_lock: asyncio.Lock | None = None  # made on the first list edit
         self.sending_since: float | None = None
         self.writer: asyncio.Task[None] | None = None  # while the outbox holds something
         self.transport: asyncio.Transport | None = None  # once upgraded
         # Monotonic times: the client's last frame of any kind, and our last ping.
         self.heard_at = self.pinged_at = time.monotonic()
+        self.requests = 0  # frames handled, for the request ids of status changes
+        self.errors: Sequence[float] = ()  # times of recent bad frames
+
+    @property
+    def list_lock(self) -> asyncio.Lock:
+        """Held while a list edit or a resync changes what the session watches."""
+        if self._list_lock is None:
+            self._list_lock = asyncio.Lock()
+        return self._list_lock
 
     def push_status(self, subject: str, cached: CachedItem) -> bool:
         """Write `subject`'s latest item now if nothing waits before it and the socket keeps
@@ -150,11 +165,7 @@ class Session:
     def _take_pending(self) -> bytes:
         items = self.pending
         self.pending = {}
-        if len(items) == 1:
-            (cached,) = items.values()
-            frame = cached.frame
-        else:
-            frame = status_frame(c.data for c in items.values())
+        frame = status_frame(c.data for c in items.values())
         now = time.time()
         for cached in items.values():
             metrics.PROPAGATION.observe(max(0.0, now - cached.updated_at / 1000))

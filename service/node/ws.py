@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import parse_qs
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from service import metrics
 from service.auth import bearer, verify_token
-from service.errors import RateLimited, TooLarge, Unauthorized, Unavailable
+from service.errors import BadRequest, RateLimited, TooLarge, Unauthorized, Unavailable
 from service.node.context import HUB, SETTINGS, ip_limiter
 from service.node.http_api import error_response
 from service.node.hub import Hub
@@ -32,6 +33,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (*REDIS_DOWN, Unavailable)
 HARD_FRAME_LIMIT = 64 * 1024
 ABUSE_LIMIT = 20
 ABUSE_WINDOW_S = 10.0
+_ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -42,9 +44,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     origin = request.headers.get("Origin")
     if settings.allowed_origins and origin and origin.rstrip("/") not in settings.allowed_origins:
         return error_response(Unauthorized("origin not allowed"), 403)
-    if not ip_limiter(request.app).allow(request.remote or "?"):
+    if not ip_limiter(request.app).allow(_peer_host(request)):
         return error_response(RateLimited("too many connections from this address"))
-    token = request.query.get("token") or bearer(request.headers.get("Authorization"))
+    token = _query_token(request) or bearer(request.headers.get("Authorization"))
     if not token:
         return error_response(Unauthorized("missing token: pass ?token= or Authorization: Bearer"))
     try:
@@ -76,7 +78,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if not admitted:
         return error_response(RateLimited("too many sessions for this user"))
     try:
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except web.HTTPException as exc:  # not a WebSocket upgrade request
+            return error_response(BadRequest(exc.reason), exc.status)
         session.transport = request.transport
         await ws.send_frame(
             hello_frame(user, session.id, hub.node, settings.heartbeat_s), WSMsgType.TEXT
@@ -87,11 +92,30 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             log.warning("session could not open: %s", exc)
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"unavailable: try again")
             return ws
-        await _frame_loop(hub, session, ws)
+        # The frame loop is inline: a coroutine awaited here would live as long as the
+        # session, and its frame would cost every session a few hundred bytes.
+        while True:
+            message = await ws.receive()
+            if message.type in _ENDED or not await _answer(hub, session, ws, message):
+                break
     finally:
         await hub.close(session)
         metrics.DISCONNECTS.labels(code=str(ws.close_code or 1006)).inc()
     return ws
+
+
+# A request lives as long as its session: `request.remote` and `request.query` would keep
+# what they parse in a cache in every request, for a few hundred bytes a session.
+
+
+def _peer_host(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if isinstance(peer, (list, tuple)) else str(peer or "?")
+
+
+def _query_token(request: web.Request) -> str | None:
+    given = parse_qs(request.raw_path.partition("?")[2]).get("token")
+    return given[0] if given else None
 
 
 async def _close_after_replies(
@@ -102,66 +126,64 @@ async def _close_after_replies(
     await ws.close(code=code, message=reason)
 
 
-async def _frame_loop(hub: Hub, session: Session, ws: web.WebSocketResponse) -> None:
-    errors: list[float] = []  # a deque would cost 600 bytes in every session
-    requests = 0
-    async for message in ws:
-        session.heard_at = time.monotonic()
-        if message.type == WSMsgType.PING:
-            await ws.pong(message.data)
-            continue
-        if message.type == WSMsgType.PONG:
-            continue
-        if message.type == WSMsgType.TEXT and len(message.data) > MAX_CLIENT_FRAME_BYTES:
+async def _answer(
+    hub: Hub, session: Session, ws: web.WebSocketResponse, message: WSMessage
+) -> bool:
+    """Handle one client message; False when the session is to end."""
+    session.heard_at = time.monotonic()
+    if message.type == WSMsgType.PING:
+        await ws.pong(message.data)
+        return True
+    if message.type == WSMsgType.PONG:
+        return True
+    if message.type == WSMsgType.ERROR:
+        failure = ws.exception()
+        if failure is not None and "too big" in str(failure).lower():
             metrics.ERRORS.labels(code=TooLarge.code).inc()
+        return False
+    if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+        return True
+    if len(message.data) > MAX_CLIENT_FRAME_BYTES:
+        metrics.ERRORS.labels(code=TooLarge.code).inc()
+        await _close_after_replies(
+            session, ws, WSCloseCode.MESSAGE_TOO_BIG, b"frame over 8192 bytes"
+        )
+        return False
+    if message.type == WSMsgType.BINARY:
+        session.push_control(error_frame(None, "bad_request", "binary frames are not accepted"))
+        metrics.ERRORS.labels(code="bad_request").inc()
+        if _abusive(session):
             await _close_after_replies(
-                session, ws, WSCloseCode.MESSAGE_TOO_BIG, b"frame over 8192 bytes"
+                session, ws, WSCloseCode.POLICY_VIOLATION, b"too many errors"
             )
-            return
-        if message.type == WSMsgType.TEXT:
-            try:
-                frame = decode_client_frame(message.data)
-                requests += 1
-                reply = await _handle(hub, session, frame, f"{session.id}:{requests}")
-            except FrameError as exc:
-                reply = error_frame(exc.ref, exc.code, exc.message)
-                metrics.ERRORS.labels(code=exc.code).inc()
-                if _abusive(errors):
-                    session.push_control(reply)
-                    await _close_after_replies(
-                        session, ws, WSCloseCode.POLICY_VIOLATION, b"too many errors"
-                    )
-                    return
-            if reply is not None and not session.push_control(reply):
-                await hub.close_slow(session)
-                return
-        elif message.type == WSMsgType.BINARY:
-            if len(message.data) > MAX_CLIENT_FRAME_BYTES:
-                metrics.ERRORS.labels(code=TooLarge.code).inc()
-                await _close_after_replies(
-                    session, ws, WSCloseCode.MESSAGE_TOO_BIG, b"frame over 8192 bytes"
-                )
-                return
-            session.push_control(error_frame(None, "bad_request", "binary frames are not accepted"))
-            metrics.ERRORS.labels(code="bad_request").inc()
-            if _abusive(errors):
-                await _close_after_replies(
-                    session, ws, WSCloseCode.POLICY_VIOLATION, b"too many errors"
-                )
-                return
-        elif message.type == WSMsgType.ERROR:
-            failure = ws.exception()
-            if failure is not None and "too big" in str(failure).lower():
-                metrics.ERRORS.labels(code=TooLarge.code).inc()
-            return
+            return False
+        return True
+    try:
+        frame = decode_client_frame(message.data)
+        session.requests += 1
+        reply = await _handle(hub, session, frame, f"{session.id}:{session.requests}")
+    except FrameError as exc:
+        reply = error_frame(exc.ref, exc.code, exc.message)
+        metrics.ERRORS.labels(code=exc.code).inc()
+        if _abusive(session):
+            session.push_control(reply)
+            await _close_after_replies(
+                session, ws, WSCloseCode.POLICY_VIOLATION, b"too many errors"
+            )
+            return False
+    if reply is not None and not session.push_control(reply):
+        await hub.close_slow(session)
+        return False
+    return True
 
 
-def _abusive(errors: list[float]) -> bool:
+def _abusive(session: Session) -> bool:
     """Record an error; True when more than ABUSE_LIMIT fell within ABUSE_WINDOW_S."""
     now = time.monotonic()
-    errors.append(now)
-    recent = [t for t in errors if t >= now - ABUSE_WINDOW_S]
-    errors[:] = recent  # never more than ABUSE_LIMIT + 1: the session closes beyond
+    # Never more than ABUSE_LIMIT + 1 kept: the session closes beyond.
+    recent = [t for t in session.errors if t >= now - ABUSE_WINDOW_S]
+    recent.append(now)
+    session.errors = recent
     return len(recent) > ABUSE_LIMIT
 
 

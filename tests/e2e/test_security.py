@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import jwt
@@ -229,6 +230,31 @@ async def test_exp_must_be_a_number(secure, uid) -> None:
     body = {**claims(f"{uid}exps", None), "exp": str(int(time.time()) + 3600)}
     reply = await attempt(secure.url(), f"?token={sign(body)}")
     assert_refused(reply, 401, "unauthorized", "a token whose exp is a string")
+
+
+async def test_the_websocket_path_reads_its_token_and_refuses_what_is_no_upgrade(
+    secure, http, uid
+) -> None:
+    """`/v1/ws` answers outside the HTTP API's middleware: its own refusals are JSON too."""
+    user = f"{uid}path"
+    url = secure.url()
+    good = token(user)
+    # The query is percent-decoded; an empty ?token= leaves the header to give it.
+    assert (await connects(http, url, f"?token={quote(good, safe='')}&x=1"))["user"] == user
+    bearer = {"Authorization": f"Bearer {good}"}
+    assert (await connects(http, url, "?token=", headers=bearer))["user"] == user
+    assert_refused(await attempt(url, "?token=&x=1"), 401, "unauthorized", "an empty token")
+    # A request that is no upgrade, with a good token: 400, and no session is left open.
+    async with http.get(f"{url}/v1/ws?token={good}") as response:
+        assert response.status == 400, await response.text()
+        body = await response.json()
+        assert body["code"] == "bad_request" and isinstance(body["message"], str), body
+    async with http.post(f"{url}/v1/ws?token={good}") as response:
+        assert response.status == 405 and response.headers["Allow"] == "GET"
+        assert (await response.json())["code"] == "bad_request"
+    await asyncio.sleep(0.5)
+    sessions = [await Client.connect(http, secure.url(n % 2), user) for n in range(3)]
+    await asyncio.gather(*(s.close() for s in sessions))
 
 
 # ----- the backend API key ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from service.domain import Presence, Status
 from service.node.session import MAX_CONTROL_BYTES, CachedItem, Session
-from service.protocol import ack_frame, list_frame, snapshot_frame
+from service.protocol import ack_frame, list_frame, snapshot_frame, status_frame
 from tests.unit.fakes import FakeWS
 
 MakeSession = Callable[[FakeWS], Session]
@@ -143,7 +143,7 @@ async def test_push_status_coalesces_per_subject_keeping_the_newest(
     assert frames[1]["items"][0] == orjson.loads(cached("bob", 3).data)
 
 
-async def test_a_single_pending_item_is_sent_as_its_encoded_frame(
+async def test_a_single_pending_item_is_sent_as_a_status_frame_of_its_encoded_item(
     make_session: MakeSession,
 ) -> None:
     ws = FakeWS()
@@ -153,7 +153,8 @@ async def test_a_single_pending_item_is_sent_as_its_encoded_frame(
     item = cached("bob", 4)
     session.push_status("bob", item)
     await settle()
-    assert ws.frames[-1] is item.frame  # encoded once, shared by every session
+    assert ws.frames[-1] == status_frame((item.data,))
+    assert orjson.loads(ws.frames[-1]) == {"type": "status", "items": [orjson.loads(item.data)]}
 
 
 async def test_versions_only_increase_per_subject(make_session: MakeSession) -> None:
@@ -256,7 +257,7 @@ async def test_flushed_statuses_count_toward_the_bound(make_session: MakeSession
     await settle()  # the snapshot is in flight: no longer counted
     assert session.control_bytes == 0
     session.push_status("bob", cached("bob", 1))
-    frame_size = len(cached("bob", 1).frame)
+    frame_size = len(status_frame((cached("bob", 1).data,)))
     filler = b"f" * (MAX_CONTROL_BYTES - frame_size)
     assert session.push_control(filler)
     assert session.control_bytes == MAX_CONTROL_BYTES
