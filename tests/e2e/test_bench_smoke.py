@@ -78,7 +78,8 @@ def test_tiny_bench_runs_clean_and_reports_every_field(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDYCAST_")}
     done = subprocess.run(
         [sys.executable, "-m", "service", "bench", *TINY, "--json", str(out),
-         "--write-docs", str(docs)],
+         "--write-docs", str(docs), "--find-capacity", "--step-seconds", "2",
+         "--max-steps", "2"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -103,6 +104,18 @@ def test_tiny_bench_runs_clean_and_reports_every_field(tmp_path: Path) -> None:
     assert all(s["rss_per_session_kib"] is not None for s in nodes)
     assert {t["name"] for t in results["targets"]} >= {"connect storm", "steady load"}
 
+    # Two capacity searches: the steady phase's mix, then ordinary changes alone.
+    capacity = results["capacity"]
+    plain = capacity["without_celebrity"]
+    assert capacity["celebrity_every"] == 2 and plain["celebrity_every"] == 0
+    for search in (capacity, plain):
+        assert 1 <= len(search["steps"]) <= 2 and search["stopped_because"]
+        assert all(step["p99_ms"] is not None for step in search["steps"])
+    assert all(step["celebrity_p99_ms"] is None for step in plain["steps"])
+    assert capacity["final_missing"] == 0 and capacity["final_checked"] > 0
+    (row,) = [t for t in results["targets"] if t["name"] == "capacity"]
+    assert "without celebrity changes" in row["measured"]
+
     # The table is on stdout; the progress lines went to stderr.
     assert "propagation p50 / p95 / p99 / max" in done.stdout
     assert "steady" in done.stderr and "sessions 200/200" in done.stderr
@@ -111,6 +124,7 @@ def test_tiny_bench_runs_clean_and_reports_every_field(tmp_path: Path) -> None:
     for heading in ("## Machine", "## Parameters", "## Results", "## Targets vs measured"):
         assert heading in written
     assert "make bench" in written
+    assert "| capacity without celebrity changes |" in written
     assert written.rstrip().endswith("## Notes\n\n- 2026-01-01: kept by hand")
     assert "old figures" not in written
 
