@@ -8,6 +8,7 @@ carry the node's tag (`{n:ID}`).
 from __future__ import annotations
 
 import hashlib
+from functools import cache
 
 PREFIX = "bc"
 FANOUT_GROUP = "fanout"
@@ -37,6 +38,7 @@ def shard_for(user: str, shards: int) -> int:
     return jump_consistent_hash(int.from_bytes(digest, "big"), shards)
 
 
+@cache
 def shard_tag(shard: int) -> str:
     return f"{PREFIX}:{{s{shard}}}"
 
@@ -56,36 +58,55 @@ def dead_letters(shard: int) -> str:
 
 
 class UserKeys:
-    """The keys of one user, all in the user's shard slot."""
+    """The keys of one user, all in the user's shard slot.
 
-    __slots__ = (
-        "due",
-        "ended",
-        "events",
-        "interest",
-        "list",
-        "list_version",
-        "rate",
-        "sessions",
-        "shard",
-        "status",
-        "user",
-    )
+    Each key is formatted when it is read: a node keeps the keys of every user it has
+    seen (`PresenceStore.keys`), and seven formatted keys would take 800 bytes a user.
+    """
+
+    __slots__ = ("_tag", "shard", "user")
 
     def __init__(self, user: str, shards: int) -> None:
         self.user = user
         self.shard = shard_for(user, shards)
-        tag = shard_tag(self.shard)
-        self.status = f"{tag}:st:{user}"
-        self.sessions = f"{tag}:ss:{user}"
-        self.interest = f"{tag}:in:{user}"
-        self.list = f"{tag}:ls:{user}"
-        self.list_version = f"{tag}:lv:{user}"
-        self.rate = f"{tag}:rl:{user}"
-        # When the user was last deleted: see delete_user.lua.
-        self.ended = f"{tag}:rip:{user}"
-        self.events = events_stream(self.shard)
-        self.due = due_offline(self.shard)
+        self._tag = shard_tag(self.shard)
+
+    @property
+    def status(self) -> str:
+        return f"{self._tag}:st:{self.user}"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self._tag}:ss:{self.user}"
+
+    @property
+    def interest(self) -> str:
+        return f"{self._tag}:in:{self.user}"
+
+    @property
+    def list(self) -> str:
+        return f"{self._tag}:ls:{self.user}"
+
+    @property
+    def list_version(self) -> str:
+        return f"{self._tag}:lv:{self.user}"
+
+    @property
+    def rate(self) -> str:
+        return f"{self._tag}:rl:{self.user}"
+
+    @property
+    def ended(self) -> str:
+        """When the user was last deleted: see delete_user.lua."""
+        return f"{self._tag}:rip:{self.user}"
+
+    @property
+    def events(self) -> str:
+        return events_stream(self.shard)
+
+    @property
+    def due(self) -> str:
+        return due_offline(self.shard)
 
 
 def node_tag(node: str) -> str:
