@@ -57,6 +57,18 @@ def dead_letters(shard: int) -> str:
     return f"{shard_tag(shard)}:dead"
 
 
+class _UserKey:
+    """One key of `UserKeys`, formatted when it is read."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __get__(self, keys: UserKeys, owner: object = None) -> str:
+        return f"{keys.tag}:{self.kind}:{keys.user}"
+
+
 class UserKeys:
     """The keys of one user, all in the user's shard slot.
 
@@ -64,41 +76,20 @@ class UserKeys:
     seen (`PresenceStore.keys`), and seven formatted keys would take 800 bytes a user.
     """
 
-    __slots__ = ("_tag", "shard", "user")
+    __slots__ = ("shard", "tag", "user")
+
+    status = _UserKey("st")
+    sessions = _UserKey("ss")
+    interest = _UserKey("in")
+    list = _UserKey("ls")
+    list_version = _UserKey("lv")
+    rate = _UserKey("rl")
+    ended = _UserKey("rip")  # when the user was last deleted: see delete_user.lua
 
     def __init__(self, user: str, shards: int) -> None:
         self.user = user
         self.shard = shard_for(user, shards)
-        self._tag = shard_tag(self.shard)
-
-    @property
-    def status(self) -> str:
-        return f"{self._tag}:st:{self.user}"
-
-    @property
-    def sessions(self) -> str:
-        return f"{self._tag}:ss:{self.user}"
-
-    @property
-    def interest(self) -> str:
-        return f"{self._tag}:in:{self.user}"
-
-    @property
-    def list(self) -> str:
-        return f"{self._tag}:ls:{self.user}"
-
-    @property
-    def list_version(self) -> str:
-        return f"{self._tag}:lv:{self.user}"
-
-    @property
-    def rate(self) -> str:
-        return f"{self._tag}:rl:{self.user}"
-
-    @property
-    def ended(self) -> str:
-        """When the user was last deleted: see delete_user.lua."""
-        return f"{self._tag}:rip:{self.user}"
+        self.tag = shard_tag(self.shard)
 
     @property
     def events(self) -> str:
