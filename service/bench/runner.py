@@ -484,9 +484,7 @@ class Bench:
             "errors": dict(errors),
         }
 
-    def _send_phase(
-        self, rate: float, seconds: float, celebrity_every: float | None = None
-    ) -> dict[str, Any]:
+    def _send_phase(self, rate: float, seconds: float, celebrity_every: float) -> dict[str, Any]:
         """Send for `seconds`, settle, collect the window's latencies; no correctness check."""
         pool = self._pool()
         c = self.config
@@ -497,9 +495,7 @@ class Bench:
                 "start": start,
                 "seconds": seconds,
                 "rate": rate / pool.size,
-                "celebrity_every": c.celebrity_every
-                if celebrity_every is None
-                else celebrity_every,
+                "celebrity_every": celebrity_every,
             }
         )
         sent = pool.gather("sent", timeout_s=seconds + 60)
@@ -573,10 +569,11 @@ class Bench:
     def _steady(self) -> tuple[dict[str, Any], dict[str, Any]]:
         pool = self._pool()
         self.monitor.begin("steady", pool.client_cpu())
-        steady = self._send_phase(self.config.rate, self.config.seconds)
+        c = self.config
+        steady = self._send_phase(c.rate, c.seconds, c.celebrity_every)
         correctness = self._checked()
         self.monitor.end(pool.client_cpu())
-        steady["client_cores"] = round(steady["client_cpu_s"] / self.config.seconds, 2)
+        steady["client_cores"] = round(steady["client_cpu_s"] / c.seconds, 2)
         return steady, correctness
 
     def _capacity(self) -> dict[str, Any]:

@@ -149,31 +149,29 @@ async def _answer(
             session, ws, WSCloseCode.MESSAGE_TOO_BIG, b"frame over 8192 bytes"
         )
         return False
+    error: str | None = None  # the code of a refused frame
+    reply: bytes | None
     if message.type == WSMsgType.BINARY:
-        session.push_control(error_frame(None, "bad_request", "binary frames are not accepted"))
-        metrics.ERRORS.labels(code="bad_request").inc()
-        if _abusive(session):
-            await _close_after_replies(
-                session, ws, WSCloseCode.POLICY_VIOLATION, b"too many errors"
-            )
-            return False
-        return True
-    try:
-        frame = decode_client_frame(message.data)
-        session.requests += 1
-        reply = await _handle(hub, session, frame, f"{session.id}:{session.requests}")
-    except FrameError as exc:
-        reply = error_frame(exc.ref, exc.code, exc.message)
-        metrics.ERRORS.labels(code=exc.code).inc()
-        if _abusive(session):
-            session.push_control(reply)
-            await _close_after_replies(
-                session, ws, WSCloseCode.POLICY_VIOLATION, b"too many errors"
-            )
-            return False
+        error = "bad_request"
+        reply = error_frame(None, error, "binary frames are not accepted")
+    else:
+        try:
+            frame = decode_client_frame(message.data)
+            session.requests += 1
+            reply = await _handle(hub, session, frame, f"{session.id}:{session.requests}")
+        except FrameError as exc:
+            error = exc.code
+            reply = error_frame(exc.ref, exc.code, exc.message)
     if reply is not None and not session.push_control(reply):
         await hub.close_slow(session)
         return False
+    if error is not None:
+        metrics.ERRORS.labels(code=error).inc()
+        if _abusive(session):
+            await _close_after_replies(
+                session, ws, WSCloseCode.POLICY_VIOLATION, b"too many errors"
+            )
+            return False
     return True
 
 
