@@ -140,6 +140,16 @@ def _chunks(items: Sequence[T], size: int = CHUNK) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+# A list comes back as one row with its buddies joined (GROUP_CONCAT on SQLite,
+# STRING_AGG on PostgreSQL): a cold list costs one row's handling, not one per buddy. A
+# space cannot occur in a user id.
+_LIST_SEPARATOR = " "
+_JOINED_LISTS = (
+    select(edges.c.owner, func.aggregate_strings(edges.c.buddy, _LIST_SEPARATOR))
+    .where(edges.c.owner.in_(bindparam("owners", expanding=True)))
+    .group_by(edges.c.owner)
+)
+
 # Touch an existing edge; executed once per edge, each a primary-key lookup.
 _TOUCH = update(edges).where(edges.c.owner == bindparam("o"), edges.c.buddy == bindparam("b"))
 
@@ -305,13 +315,9 @@ class Database:
             return lists
         async with self._transaction(read_only=True) as session:
             for chunk in _chunks(list(lists)):
-                result = await session.execute(
-                    select(edges.c.owner, edges.c.buddy).where(edges.c.owner.in_(chunk))
-                )
-                for owner, buddy in result:
-                    lists[owner].append(buddy)
-        for buddies in lists.values():
-            buddies.sort()
+                result = await session.execute(_JOINED_LISTS, {"owners": chunk})
+                for owner, joined in result:
+                    lists[owner] = sorted(joined.split(_LIST_SEPARATOR))
         return lists
 
     async def add_edge(self, owner: str, buddy: str, max_buddies: int, now_ms: int) -> bool:
