@@ -125,8 +125,9 @@ class Hub:
     def new_session_id(self) -> str:
         return os.urandom(8).hex()
 
-    async def open(self, session: Session) -> None:
-        """Index a session registered in Redis, load its list, and queue its snapshot."""
+    async def open(self, session: Session, hello: bytes) -> None:
+        """Index a session registered in Redis, load its list, and send `hello` and the
+        snapshot."""
         started = time.perf_counter()
         self.sessions[session.id] = session
         self.own.setdefault(session.user, []).append(session)
@@ -139,7 +140,7 @@ class Hub:
         await self._watch(session, session.buddies)
         if session.closed:
             return
-        session.start(self._snapshot(session))
+        session.start(hello, self._snapshot(session))
         metrics.SNAPSHOT_LATENCY.observe(time.perf_counter() - started)
         session.loading = False
         backlog, session.list_backlog = session.list_backlog, []

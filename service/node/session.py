@@ -144,13 +144,25 @@ class Session:
             self._start_writer()
         return self.control_bytes <= MAX_CONTROL_BYTES
 
-    def start(self, snapshot: bytes) -> None:
-        """Queue the snapshot ahead of everything and start the writer."""
+    def start(self, *frames: bytes) -> None:
+        """Send `frames` (the hello, the snapshot) ahead of everything queued, and go live."""
         # Every pending item is at or below the snapshot's versions: drop them.
         self.pending.clear()
-        self.control.insert(0, snapshot)
-        self.control_bytes += len(snapshot)
         self.ready = True
+        transport = self.transport
+        if (
+            not self.control
+            and transport is not None
+            and not self.closed
+            and not self.ws.closed
+            and not transport.is_closing()
+            and not transport.get_write_buffer_size()
+        ):
+            # One write, and no writer task: most sessions never need one.
+            transport.write(b"".join(map(websocket_text_frame, frames)))
+            return
+        self.control[0:0] = frames
+        self.control_bytes += sum(map(len, frames))
         self._start_writer()
 
     def _start_writer(self) -> None:

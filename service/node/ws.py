@@ -83,13 +83,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         except web.HTTPException as exc:  # not a WebSocket upgrade request
             return error_response(BadRequest(exc.reason), exc.status)
         session.transport = request.transport
-        await ws.send_frame(
-            hello_frame(user, session.id, hub.node, settings.heartbeat_s), WSMsgType.TEXT
-        )
+        hello = hello_frame(user, session.id, hub.node, settings.heartbeat_s)
         try:
-            await hub.open(session)
+            # The hello goes out with the snapshot, in one write.
+            await hub.open(session, hello)
         except UNAVAILABLE as exc:
             log.warning("session could not open: %s", exc)
+            if not session.ready:
+                await ws.send_frame(hello, WSMsgType.TEXT)
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"unavailable: try again")
             return ws
         # The frame loop is inline: a coroutine awaited here would live as long as the

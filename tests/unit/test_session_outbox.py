@@ -19,8 +19,14 @@ from prometheus_client import REGISTRY
 
 from service.domain import Presence, Status
 from service.node.session import MAX_CONTROL_BYTES, CachedItem, Session
-from service.protocol import ack_frame, list_frame, snapshot_frame, status_frame
-from tests.unit.fakes import FakeWS
+from service.protocol import (
+    ack_frame,
+    list_frame,
+    snapshot_frame,
+    status_frame,
+    websocket_text_frame,
+)
+from tests.unit.fakes import FakeTransport, FakeWS
 
 MakeSession = Callable[[FakeWS], Session]
 
@@ -74,6 +80,46 @@ async def test_start_sends_the_snapshot_first(make_session: MakeSession) -> None
     await settle()
     assert ws.frames == [snap]
     assert ws.opcodes == [WSMsgType.TEXT]
+
+
+async def test_start_writes_hello_and_snapshot_at_once_to_an_idle_socket(
+    make_session: MakeSession,
+) -> None:
+    ws, transport = FakeWS(), FakeTransport()
+    session = make_session(ws)
+    session.transport = cast(Any, transport)
+    hello, snap = b'{"type":"hello"}', snapshot("bob")
+    session.start(hello, snap)
+    await settle()
+    assert transport.writes == [websocket_text_frame(hello) + websocket_text_frame(snap)]
+    assert ws.frames == [] and session.writer is None
+
+
+async def test_start_queues_hello_and_snapshot_ahead_when_the_socket_is_busy(
+    make_session: MakeSession,
+) -> None:
+    ws, transport = FakeWS(), FakeTransport()
+    session = make_session(ws)
+    session.transport = cast(Any, transport)
+    transport.buffered = 1
+    hello, snap = b'{"type":"hello"}', snapshot("bob")
+    session.start(hello, snap)
+    await settle()
+    assert transport.writes == [] and ws.frames == [hello, snap]
+
+
+async def test_start_puts_hello_and_snapshot_before_frames_queued_while_loading(
+    make_session: MakeSession,
+) -> None:
+    ws, transport = FakeWS(), FakeTransport()
+    session = make_session(ws)
+    session.transport = cast(Any, transport)
+    listed = list_frame([], ["bob"])
+    session.push_control(listed)
+    hello, snap = b'{"type":"hello"}', snapshot()
+    session.start(hello, snap)
+    await settle()
+    assert transport.writes == [] and ws.frames == [hello, snap, listed]
 
 
 async def test_start_drops_statuses_queued_while_loading(make_session: MakeSession) -> None:
