@@ -38,19 +38,18 @@ class BulkReader(Generic[K, V]):
 
     async def get(self, key: K) -> V:
         """The value of `key`, read together with those other tasks ask for meanwhile."""
-        return (await self.get_many((key,)))[0]
+        return await self._ask(key)
 
     async def get_many(self, keys: Iterable[K]) -> Sequence[V]:
         """The values of `keys`, in order."""
-        loop = asyncio.get_running_loop()
-        futures = []
-        for key in keys:
-            future: asyncio.Future[V] = loop.create_future()
-            self._waiting.setdefault(key, []).append(future)
-            futures.append(future)
+        return await asyncio.gather(*map(self._ask, keys))
+
+    def _ask(self, key: K) -> asyncio.Future[V]:
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(future)
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name="bulk-reader")
-        return await asyncio.gather(*futures)
+        return future
 
     async def _run(self) -> None:
         batch: dict[K, list[asyncio.Future[V]]] = {}

@@ -45,6 +45,10 @@ _T_SQL_STATUSES = metrics.sql_timer("get_statuses")
 _T_SQL_LIST = metrics.sql_timer("get_list")
 
 
+_Opening = tuple[str, str, str, int]
+"""A session to open: user, session id, node, the user's session cap (0: none)."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -63,6 +67,33 @@ class PresenceStore:
             self._lists_from_sql, [], max_keys=200
         )
         self._sql_statuses: BulkReader[str, Status | None] = BulkReader(self._get_statuses, None)
+        # ... and Redis round trips: the opens and list reads asked for while one is out
+        # go together in the next pipeline.
+        self._opens: BulkReader[_Opening, int] = BulkReader(self._open_sessions, -1)
+        self._redis_lists: BulkReader[str, set[str]] = BulkReader(self._lists_from_redis, set())
+
+    async def _open_sessions(self, openings: list[_Opening]) -> dict[_Opening, int]:
+        """Run `session_open.lua` for each opening; its code (0 opened, 1 not hydrated, 2
+        at the cap). The node lists each session first: if the node dies right after, the
+        reaper closes it (closing a session never opened does nothing)."""
+        at = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user, session, node, max_sessions in openings:
+                k = self.keys(user)
+                pipe.sadd(keys.node_sessions(node), f"{session} {user}")
+                await self.scripts.session_open(
+                    keys=[k.status, k.sessions, k.due, k.events],
+                    args=[user, session, node, at, self.settings.stream_maxlen, max_sessions],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return {opening: int(code) for opening, code in zip(openings, results[1::2], strict=True)}
+
+    async def _lists_from_redis(self, owners: list[str]) -> dict[str, set[str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.smembers(self.keys(owner).list)
+            return dict(zip(owners, await pipe.execute(), strict=True))
 
     async def _lists_from_sql(self, owners: list[str]) -> dict[str, list[str]]:
         """Lists read from SQL, their Redis copies stored in one round trip for all.
@@ -170,26 +201,13 @@ class PresenceStore:
 
         The user's first session makes them visible to watchers.
         """
-        k = self.keys(user)
-        listed = keys.node_sessions(node)
-        member = f"{session} {user}"
         for _ in range(_MAX_HYDRATE_ATTEMPTS):
             with _T_SESSION_OPEN.time():
-                # One round trip. The node lists the session first: if the node dies right
-                # after, the reaper closes it (closing a session never opened does nothing).
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.sadd(listed, member)
-                    await self.scripts.session_open(
-                        keys=[k.status, k.sessions, k.due, k.events],
-                        args=[user, session, node, now_ms(), self.settings.stream_maxlen,
-                              max_sessions],
-                        client=pipe,
-                    )  # fmt: skip
-                    _, code = await pipe.execute()
-            if int(code) == 0:
+                code = await self._opens.get((user, session, node, max_sessions))
+            if code == 0:
                 return True
-            if int(code) == 2:
-                await self.redis.srem(listed, member)
+            if code == 2:
+                await self.redis.srem(keys.node_sessions(node), f"{session} {user}")
                 return False
             await self.hydrate([user])
         raise Unavailable("status could not be loaded")
@@ -227,10 +245,10 @@ class PresenceStore:
         Ids are interned: a node holds each buddy id once, not once per list it is in.
         """
         with _T_LOAD_LIST.time():
-            members = await self.redis.smembers(self.keys(owner).list)
+            members = await self._redis_lists.get(owner)
         if keys.LIST_LOADED in members:
-            members.discard(keys.LIST_LOADED)
-            return set(map(sys.intern, members))
+            # Not changed in place: owners opening at once share the set read.
+            return {sys.intern(m) for m in members if m != keys.LIST_LOADED}
         with _T_SQL_LIST.time():
             buddies = await self._sql_lists.get(owner)
         return set(map(sys.intern, buddies))
