@@ -1,5 +1,6 @@
 """Redis copies of lists: read from SQL when absent, stored for the next session, and
-never stored stale when an edit races the SQL read. Real Redis, both databases."""
+never stored stale when an edit races the SQL read; sessions opening together share
+their round trips. Real Redis, both databases."""
 
 from __future__ import annotations
 
@@ -66,3 +67,26 @@ async def test_an_edit_during_the_sql_read_leaves_no_copy(
     ]
     assert await copy_of(store, "o3") == set()  # refused: the next load reads SQL again
     assert await copy_of(store, "o4") == expected(4) | {keys.LIST_LOADED}
+
+
+async def test_sessions_opening_together_share_round_trips_and_keep_the_cap(
+    store: PresenceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    run = store._open_sessions
+
+    async def counted(openings: list[Any]) -> dict[Any, int]:
+        batches.append(len(openings))
+        return await run(openings)
+
+    monkeypatch.setattr(store._opens, "_fetch", counted)
+    await store.hydrate([f"o{n}" for n in range(1, 14)])
+    capped = [store.open_session("o1", f"c{n}", "node-a", max_sessions=3) for n in range(12)]
+    free = [store.open_session(f"o{n}", f"f{n}", "node-a") for n in range(2, 14)]
+    admitted = await asyncio.gather(*capped, *free)
+    assert admitted[:12].count(True) == 3 and all(admitted[12:])
+    assert batches == [24]  # one pipeline, not 24 round trips
+    listed = await store.redis.smembers(keys.node_sessions("node-a"))
+    opened = {f"c{n} o1" for n, ok in enumerate(admitted[:12]) if ok}
+    assert listed == opened | {f"f{n} o{n}" for n in range(2, 14)}
+    assert len(await store.redis.hkeys(store.keys("o1").sessions)) == 3
