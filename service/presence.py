@@ -111,7 +111,7 @@ class PresenceStore:
             for owner, k, version in zip(owners, owner_keys, seen, strict=True):
                 await self.scripts.load_list(
                     keys=[k.list, k.list_version],
-                    args=[version or "", LIST_COPY_TTL_MS, *lists[owner]],
+                    args=[version or "", LIST_COPY_TTL_MS, " ".join(lists[owner])],
                     client=pipe,
                 )
             await pipe.execute()

@@ -90,3 +90,10 @@ async def test_sessions_opening_together_share_round_trips_and_keep_the_cap(
     opened = {f"c{n} o1" for n, ok in enumerate(admitted[:12]) if ok}
     assert listed == opened | {f"f{n} o{n}" for n in range(2, 14)}
     assert len(await store.redis.hkeys(store.keys("o1").sessions)) == 3
+
+
+async def test_a_long_list_is_copied_whole(store: PresenceStore) -> None:
+    buddies = {f"long-buddy-{n}" for n in range(2_500)}  # past the script's SADD chunk
+    await store.db.import_edges([(n, "long", b) for n, b in enumerate(sorted(buddies))], 5000, 1)
+    assert await store.load_list("long") == buddies
+    assert await copy_of(store, "long") == buddies | {keys.LIST_LOADED}
