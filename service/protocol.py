@@ -96,7 +96,11 @@ def encode_item(item: dict[str, Any]) -> bytes:
     return _dumps(item)
 
 
-def _join(parts: Iterable[bytes]) -> bytes:
+Encoded = bytes | memoryview
+"""An item's JSON, as built or as read out of a cached frame."""
+
+
+def _join(parts: Iterable[Encoded]) -> bytes:
     return b"[" + b",".join(parts) + b"]"
 
 
@@ -107,11 +111,11 @@ def hello_frame(user: str, session: str, node: str, heartbeat_s: float) -> bytes
     )
 
 
-def snapshot_frame(encoded_items: Iterable[bytes]) -> bytes:
+def snapshot_frame(encoded_items: Iterable[Encoded]) -> bytes:
     return b'{"type":"snapshot","items":' + _join(encoded_items) + b"}"
 
 
-def status_frame(encoded_items: Iterable[bytes]) -> bytes:
+def status_frame(encoded_items: Iterable[Encoded]) -> bytes:
     return b'{"type":"status","items":' + _join(encoded_items) + b"}"
 
 
@@ -132,7 +136,7 @@ def websocket_text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
-def list_frame(added: Iterable[bytes], removed: Iterable[str]) -> bytes:
+def list_frame(added: Iterable[Encoded], removed: Iterable[str]) -> bytes:
     return (
         b'{"type":"list","added":' + _join(added) + b',"removed":' + orjson.dumps(list(removed))
     ) + b"}"

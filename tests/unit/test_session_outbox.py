@@ -401,3 +401,13 @@ async def test_drain_waits_for_the_writer(make_session: MakeSession) -> None:
     started = time.monotonic()
     await session.drain(timeout_s=0.05)
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize("text_size", [0, 200, 70_000])  # each WebSocket length form
+def test_a_cached_item_reads_its_json_out_of_its_frame(text_size: int) -> None:
+    item = Status("bob", Presence.ONLINE, "t" * text_size, None, 3, 1_764_160_000_000, True)
+    watcher = item.watcher_item()
+    data = orjson.dumps(watcher)
+    kept = CachedItem(watcher, data, 0)
+    assert bytes(kept.data) == data
+    assert kept.wire == websocket_text_frame(status_frame((data,)))
