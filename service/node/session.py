@@ -37,7 +37,7 @@ class CachedItem:
         self.version: int = item["version"]
         self.updated_at: int = item["updated_at"]
         # Only the framed item is kept: the latest item of every watched subject is held
-        # on the node, and a second copy would cost it 170 bytes a subject.
+        # on the node, and a second copy would cost it 140-160 bytes a subject.
         self.wire = websocket_text_frame(status_frame((data,)))
 
     @property
