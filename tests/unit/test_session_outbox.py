@@ -82,44 +82,49 @@ async def test_start_sends_the_snapshot_first(make_session: MakeSession) -> None
     assert ws.opcodes == [WSMsgType.TEXT]
 
 
-async def test_start_writes_hello_and_snapshot_at_once_to_an_idle_socket(
-    make_session: MakeSession,
-) -> None:
+HELLO = b'{"type":"hello"}'
+
+
+def upgraded(make_session: MakeSession) -> tuple[Session, FakeWS, FakeTransport]:
+    """A session with its socket's transport, which takes direct writes."""
     ws, transport = FakeWS(), FakeTransport()
     session = make_session(ws)
     session.transport = cast(Any, transport)
-    hello, snap = b'{"type":"hello"}', snapshot("bob")
-    session.start(hello, snap)
+    return session, ws, transport
+
+
+async def test_start_writes_hello_and_snapshot_at_once_to_an_idle_socket(
+    make_session: MakeSession,
+) -> None:
+    session, ws, transport = upgraded(make_session)
+    snap = snapshot("bob")
+    session.start(HELLO, snap)
     await settle()
-    assert transport.writes == [websocket_text_frame(hello) + websocket_text_frame(snap)]
+    assert transport.writes == [websocket_text_frame(HELLO) + websocket_text_frame(snap)]
     assert ws.frames == [] and session.writer is None
 
 
 async def test_start_queues_hello_and_snapshot_ahead_when_the_socket_is_busy(
     make_session: MakeSession,
 ) -> None:
-    ws, transport = FakeWS(), FakeTransport()
-    session = make_session(ws)
-    session.transport = cast(Any, transport)
+    session, ws, transport = upgraded(make_session)
     transport.buffered = 1
-    hello, snap = b'{"type":"hello"}', snapshot("bob")
-    session.start(hello, snap)
+    snap = snapshot("bob")
+    session.start(HELLO, snap)
     await settle()
-    assert transport.writes == [] and ws.frames == [hello, snap]
+    assert transport.writes == [] and ws.frames == [HELLO, snap]
 
 
 async def test_start_puts_hello_and_snapshot_before_frames_queued_while_loading(
     make_session: MakeSession,
 ) -> None:
-    ws, transport = FakeWS(), FakeTransport()
-    session = make_session(ws)
-    session.transport = cast(Any, transport)
+    session, ws, transport = upgraded(make_session)
     listed = list_frame([], ["bob"])
     session.push_control(listed)
-    hello, snap = b'{"type":"hello"}', snapshot()
-    session.start(hello, snap)
+    snap = snapshot()
+    session.start(HELLO, snap)
     await settle()
-    assert transport.writes == [] and ws.frames == [hello, snap, listed]
+    assert transport.writes == [] and ws.frames == [HELLO, snap, listed]
 
 
 async def test_start_drops_statuses_queued_while_loading(make_session: MakeSession) -> None:
