@@ -69,10 +69,14 @@ class PresenceStore:
         self._sql_statuses: BulkReader[str, Status | None] = BulkReader(self._get_statuses, None)
         # ... and Redis round trips: the opens and list reads asked for while one is out
         # go together in the next pipeline.
-        self._opens: BulkReader[_Opening, int] = BulkReader(self._open_sessions, -1)
-        self._redis_lists: BulkReader[str, set[str]] = BulkReader(self._lists_from_redis, set())
+        # A command that fails for one user (a key of the wrong type, say) fails that
+        # user's read only: its error is the value.
+        self._opens: BulkReader[_Opening, int | Exception] = BulkReader(self._open_sessions, -1)
+        self._redis_lists: BulkReader[str, set[str] | Exception] = BulkReader(
+            self._lists_from_redis, set()
+        )
 
-    async def _open_sessions(self, openings: list[_Opening]) -> dict[_Opening, int]:
+    async def _open_sessions(self, openings: list[_Opening]) -> dict[_Opening, int | Exception]:
         """Run `session_open.lua` for each opening; its code (0 opened, 1 not hydrated, 2
         at the cap). The node lists each session first: if the node dies right after, the
         reaper closes it (closing a session never opened does nothing)."""
@@ -86,14 +90,18 @@ class PresenceStore:
                     args=[user, session, node, at, self.settings.stream_maxlen, max_sessions],
                     client=pipe,
                 )
-            results = await pipe.execute()
-        return {opening: int(code) for opening, code in zip(openings, results[1::2], strict=True)}
+            results = await pipe.execute(raise_on_error=False)
+        pairs = zip(results[::2], results[1::2], strict=True)
+        return {
+            opening: listed if isinstance(listed, Exception) else code
+            for opening, (listed, code) in zip(openings, pairs, strict=True)
+        }
 
-    async def _lists_from_redis(self, owners: list[str]) -> dict[str, set[str]]:
+    async def _lists_from_redis(self, owners: list[str]) -> dict[str, set[str] | Exception]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for owner in owners:
                 pipe.smembers(self.keys(owner).list)
-            return dict(zip(owners, await pipe.execute(), strict=True))
+            return dict(zip(owners, await pipe.execute(raise_on_error=False), strict=True))
 
     async def _lists_from_sql(self, owners: list[str]) -> dict[str, list[str]]:
         """Lists read from SQL, their Redis copies stored in one round trip for all.
@@ -204,6 +212,8 @@ class PresenceStore:
         for _ in range(_MAX_HYDRATE_ATTEMPTS):
             with _T_SESSION_OPEN.time():
                 code = await self._opens.get((user, session, node, max_sessions))
+            if isinstance(code, Exception):
+                raise code
             if code == 0:
                 return True
             if code == 2:
@@ -246,6 +256,8 @@ class PresenceStore:
         """
         with _T_LOAD_LIST.time():
             members = await self._redis_lists.get(owner)
+        if isinstance(members, Exception):
+            raise members
         if keys.LIST_LOADED in members:
             # Not changed in place: owners opening at once share the set read.
             return {sys.intern(m) for m in members if m != keys.LIST_LOADED}

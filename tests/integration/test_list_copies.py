@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from service import keys
 from service.config import Settings
@@ -97,3 +98,19 @@ async def test_a_long_list_is_copied_whole(store: PresenceStore) -> None:
     await store.db.import_edges([(n, "long", b) for n, b in enumerate(sorted(buddies))], 5000, 1)
     assert await store.load_list("long") == buddies
     assert await copy_of(store, "long") == buddies | {keys.LIST_LOADED}
+
+
+async def test_one_users_broken_key_fails_only_that_users_open(store: PresenceStore) -> None:
+    users = [f"o{n}" for n in range(1, 6)]
+    await store.hydrate(users)
+    await store.redis.delete(store.keys("o3").status)
+    await store.redis.set(store.keys("o3").status, "not a hash")  # WRONGTYPE for the script
+    await store.redis.set(store.keys("o4").list, "not a set")
+    opened = await asyncio.gather(
+        *(store.open_session(u, f"s{u}", "node-b") for u in users), return_exceptions=True
+    )
+    assert isinstance(opened[2], ResponseError) and "WRONGTYPE" in str(opened[2])
+    assert [opened[n] for n in (0, 1, 3, 4)] == [True] * 4
+    lists = await asyncio.gather(*(store.load_list(u) for u in users), return_exceptions=True)
+    assert isinstance(lists[3], ResponseError)
+    assert [lists[n] for n in (0, 1, 2, 4)] == [expected(n) for n in (1, 2, 3, 5)]
