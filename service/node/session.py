@@ -114,6 +114,21 @@ class Session:
         up, else queue it, replacing an unsent older one. True when written now."""
         if subject in self.held:
             return False
+        transport = self._idle_transport()
+        if transport is not None:
+            transport.write(cached.wire)
+            return True
+        if subject in self.pending:
+            metrics.OUTBOX_COALESCED.inc()
+        self.pending[subject] = cached
+        if self.ready:
+            self._start_writer()
+        return False
+
+    def _idle_transport(self) -> asyncio.Transport | None:
+        """The transport, if a frame may go to it now: the session is live, its writer idle
+        with nothing queued, and the socket keeps up. A frame written whole then cannot
+        overtake another, so the order of frames holds."""
         transport = self.transport
         if (
             transport is not None
@@ -126,16 +141,8 @@ class Session:
             and not transport.is_closing()
             and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
         ):
-            # The writer is idle with nothing queued, and a frame goes to the transport
-            # whole: nothing can come between, so the order of frames holds.
-            transport.write(cached.wire)
-            return True
-        if subject in self.pending:
-            metrics.OUTBOX_COALESCED.inc()
-        self.pending[subject] = cached
-        if self.ready:
-            self._start_writer()
-        return False
+            return transport
+        return None
 
     def ping(self, now: float) -> None:
         """Send a WebSocket ping; a frame on its own, it may go between any two others."""
@@ -159,15 +166,8 @@ class Session:
         # Every pending item is at or below the snapshot's versions: drop them.
         self.pending.clear()
         self.ready = True
-        transport = self.transport
-        if (
-            not self.control
-            and transport is not None
-            and not self.closed
-            and not self.ws.closed
-            and not transport.is_closing()
-            and not transport.get_write_buffer_size()
-        ):
+        transport = self._idle_transport()
+        if transport is not None:
             # One write, and no writer task: most sessions never need one.
             transport.write(b"".join(map(websocket_text_frame, frames)))
             return

@@ -18,7 +18,7 @@ from aiohttp import WSMsgType
 from prometheus_client import REGISTRY
 
 from service.domain import Presence, Status
-from service.node.session import MAX_CONTROL_BYTES, CachedItem, Session
+from service.node.session import DIRECT_WRITE_LIMIT, MAX_CONTROL_BYTES, CachedItem, Session
 from service.protocol import (
     ack_frame,
     list_frame,
@@ -108,7 +108,7 @@ async def test_start_queues_hello_and_snapshot_ahead_when_the_socket_is_busy(
     make_session: MakeSession,
 ) -> None:
     session, ws, transport = upgraded(make_session)
-    transport.buffered = 1
+    transport.buffered = DIRECT_WRITE_LIMIT  # the socket is not keeping up
     snap = snapshot("bob")
     session.start(HELLO, snap)
     await settle()
