@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -21,12 +21,13 @@ class BulkReader(Generic[K, V]):
 
     One fetch runs at a time, for at most `max_keys` keys; keys asked for meanwhile wait
     for the next. A key `fetch` leaves out reads as `missing`. A failed fetch raises its
-    error in every task that waited for it.
+    error in every task that waited for it; an exception `fetch` gives as one key's value
+    (that key's command failed) is raised in the tasks that asked for that key only.
     """
 
     def __init__(
         self,
-        fetch: Callable[[list[K]], Awaitable[dict[K, V]]],
+        fetch: Callable[[list[K]], Awaitable[Mapping[K, V | Exception]]],
         missing: V,
         max_keys: int = 500,
     ) -> None:
@@ -70,7 +71,11 @@ class BulkReader(Generic[K, V]):
                 for key, futures in batch.items():
                     value = found.get(key, self._missing)
                     for future in futures:
-                        if not future.done():
+                        if future.done():
+                            continue
+                        if isinstance(value, Exception):
+                            future.set_exception(value)
+                        else:
                             future.set_result(value)
         finally:
             self._runner = None

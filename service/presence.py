@@ -70,11 +70,9 @@ class PresenceStore:
         # ... and Redis round trips: the opens and list reads asked for while one is out
         # go together in the next pipeline.
         # A command that fails for one user (a key of the wrong type, say) fails that
-        # user's read only: its error is the value.
-        self._opens: BulkReader[_Opening, int | Exception] = BulkReader(self._open_sessions, -1)
-        self._redis_lists: BulkReader[str, set[str] | Exception] = BulkReader(
-            self._lists_from_redis, set()
-        )
+        # user's read only: the pipelines give its error as the user's value.
+        self._opens: BulkReader[_Opening, int] = BulkReader(self._open_sessions, -1)
+        self._redis_lists: BulkReader[str, set[str]] = BulkReader(self._lists_from_redis, set())
 
     async def _open_sessions(self, openings: list[_Opening]) -> dict[_Opening, int | Exception]:
         """Run `session_open.lua` for each opening; its code (0 opened, 1 not hydrated, 2
@@ -212,8 +210,6 @@ class PresenceStore:
         for _ in range(_MAX_HYDRATE_ATTEMPTS):
             with _T_SESSION_OPEN.time():
                 code = await self._opens.get((user, session, node, max_sessions))
-            if isinstance(code, Exception):
-                raise code
             if code == 0:
                 return True
             if code == 2:
@@ -256,8 +252,6 @@ class PresenceStore:
         """
         with _T_LOAD_LIST.time():
             members = await self._redis_lists.get(owner)
-        if isinstance(members, Exception):
-            raise members
         if keys.LIST_LOADED in members:
             # Not changed in place: owners opening at once share the set read.
             return {sys.intern(m) for m in members if m != keys.LIST_LOADED}

@@ -73,3 +73,13 @@ async def test_a_cancelled_waiter_leaves_the_others_their_answer() -> None:
     assert await kept == 1
     with pytest.raises(asyncio.CancelledError):
         await gone
+
+
+async def test_a_keys_failed_read_fails_only_that_key() -> None:
+    async def fetch(keys: list[str]) -> dict[str, int | Exception]:
+        return {k: ValueError(f"bad {k}") if k == "bad" else len(k) for k in keys}
+
+    reader: BulkReader[str, int] = BulkReader(fetch, missing=-1)
+    got = await asyncio.gather(*(reader.get(k) for k in ["a", "bad", "bb"]), return_exceptions=True)
+    assert got[0] == 1 and got[2] == 2
+    assert isinstance(got[1], ValueError) and str(got[1]) == "bad bad"
