@@ -115,8 +115,11 @@ def snapshot_frame(encoded_items: Iterable[Encoded]) -> bytes:
     return b'{"type":"snapshot","items":' + _join(encoded_items) + b"}"
 
 
+_STATUS_ITEMS = b'{"type":"status","items":'
+
+
 def status_frame(encoded_items: Iterable[Encoded]) -> bytes:
-    return b'{"type":"status","items":' + _join(encoded_items) + b"}"
+    return _STATUS_ITEMS + _join(encoded_items) + b"}"
 
 
 WEBSOCKET_PING_FRAME = b"\x89\x00"
@@ -134,6 +137,18 @@ def websocket_text_frame(payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x81, 127, size)
     return header + payload
+
+
+def framed_status(item: bytes) -> bytes:
+    """A one-item status frame, WebSocket framing included, ready to write as is."""
+    return websocket_text_frame(status_frame((item,)))
+
+
+def framed_status_item(wire: bytes) -> memoryview:
+    """The item of a `framed_status` frame, without a copy."""
+    size = wire[1]  # a server's frame is unmasked (RFC 6455 5.2)
+    header = 2 if size < 126 else 4 if size == 126 else 10
+    return memoryview(wire)[header + len(_STATUS_ITEMS) + 1 : -2]  # inside `[` and `]}`
 
 
 def list_frame(added: Iterable[Encoded], removed: Iterable[str]) -> bytes:

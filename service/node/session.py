@@ -16,7 +16,13 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from service import metrics
-from service.protocol import WEBSOCKET_PING_FRAME, status_frame, websocket_text_frame
+from service.protocol import (
+    WEBSOCKET_PING_FRAME,
+    framed_status,
+    framed_status_item,
+    status_frame,
+    websocket_text_frame,
+)
 from service.tasks import cancel_and_wait
 
 MAX_CONTROL_BYTES = 1 << 20
@@ -38,18 +44,12 @@ class CachedItem:
         self.updated_at: int = item["updated_at"]
         # Only the framed item is kept: the latest item of every watched subject is held
         # on the node, and a second copy would cost it 140-160 bytes a subject.
-        self.wire = websocket_text_frame(status_frame((data,)))
+        self.wire = framed_status(data)
 
     @property
     def data(self) -> memoryview:
         """The item's JSON, read out of its frame."""
-        size = self.wire[1]  # a server's frame is unmasked (RFC 6455 5.2)
-        header = 2 if size < 126 else 4 if size == 126 else 10
-        return memoryview(self.wire)[header + _ITEMS_AT : -len(_ITEMS_END)]
-
-
-_ITEMS_AT = len(status_frame(())) - 2  # where the items begin in a status frame
-_ITEMS_END = b"]}"
+        return framed_status_item(self.wire)
 
 
 class Session:
