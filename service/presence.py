@@ -73,6 +73,9 @@ class PresenceStore:
         # user's read only: the pipelines give its error as the user's value.
         self._opens: BulkReader[_Opening, int] = BulkReader(self._open_sessions, -1)
         self._redis_lists: BulkReader[str, set[str]] = BulkReader(self._lists_from_redis, set())
+        self._redis_statuses: BulkReader[str, Status | None] = BulkReader(
+            self._statuses_from_redis, None
+        )
 
     async def _open_sessions(self, openings: list[_Opening]) -> dict[_Opening, int | Exception]:
         """Run `session_open.lua` for each opening; its code (0 opened, 1 not hydrated, 2
@@ -100,6 +103,28 @@ class PresenceStore:
             for owner in owners:
                 pipe.smembers(self.keys(owner).list)
             return dict(zip(owners, await pipe.execute(raise_on_error=False), strict=True))
+
+    async def _statuses_from_redis(self, users: list[str]) -> dict[str, Status | Exception | None]:
+        """Status hashes read by one `read_statuses.lua` call per shard, all in one pipeline."""
+        by_shard: dict[int, list[str]] = {}
+        for user in users:
+            by_shard.setdefault(self.keys(user).shard, []).append(user)
+        groups = list(by_shard.values())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for group in groups:
+                status_keys = [self.keys(user).status for user in group]
+                await self.scripts.read_statuses(keys=status_keys, args=[], client=pipe)
+            with _T_READ_STATUSES.time():
+                replies = await pipe.execute(raise_on_error=False)
+        found: dict[str, Status | Exception | None] = {}
+        for group, rows in zip(groups, replies, strict=True):
+            if isinstance(rows, Exception):
+                found.update(dict.fromkeys(group, rows))
+                continue
+            for user, row in zip(group, rows, strict=True):
+                fields = iter(row)
+                found[user] = status_from_hash(user, dict(zip(fields, fields, strict=True)))
+        return found
 
     async def _lists_from_sql(self, owners: list[str]) -> dict[str, list[str]]:
         """Lists read from SQL, their Redis copies stored in one round trip for all.
@@ -325,19 +350,8 @@ class PresenceStore:
         return found
 
     async def _read_redis(self, users: Sequence[str]) -> dict[str, Status]:
-        if not users:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.hgetall(self.keys(user).status)
-            with _T_READ_STATUSES.time():
-                rows = await pipe.execute()
-        found: dict[str, Status] = {}
-        for user, row in zip(users, rows, strict=True):
-            status = status_from_hash(user, row)
-            if status is not None:
-                found[user] = status
-        return found
+        statuses = await self._redis_statuses.get_many(users)
+        return {user: s for user, s in zip(users, statuses, strict=True) if s is not None}
 
     async def watcher_items(self, users: Sequence[str]) -> list[dict[str, Any]]:
         """Watchers' view of `users`, in order; never-seen users read as offline, version 0."""

@@ -15,6 +15,7 @@ from typing import Any
 NAMES = (
     "set_status",
     "hydrate",
+    "read_statuses",
     "session_open",
     "session_close",
     "offline_due",
@@ -54,6 +55,7 @@ class Scripts:
 
     set_status: LuaScript
     hydrate: LuaScript
+    read_statuses: LuaScript
     session_open: LuaScript
     session_close: LuaScript
     offline_due: LuaScript

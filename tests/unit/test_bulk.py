@@ -83,3 +83,22 @@ async def test_a_keys_failed_read_fails_only_that_key() -> None:
     got = await asyncio.gather(*(reader.get(k) for k in ["a", "bad", "bb"]), return_exceptions=True)
     assert got[0] == 1 and got[2] == 2
     assert isinstance(got[1], ValueError) and str(got[1]) == "bad bad"
+
+
+async def test_many_keys_of_many_tasks_share_a_fetch_and_come_back_in_order() -> None:
+    source = Source()
+    reader: BulkReader[str, int] = BulkReader(source.fetch, missing=-1)
+    asks = [["ccc", "a", "absent"], ["a", "dddd"], ["bb", "ccc", "a"]]
+    got = await asyncio.gather(*(reader.get_many(ask) for ask in asks))
+    assert [list(g) for g in got] == [[3, 1, -1], [1, 4], [2, 3, 1]]
+    assert source.calls == [["ccc", "a", "absent", "dddd", "bb"]]  # each key read once
+
+
+async def test_a_request_larger_than_max_keys_is_read_in_chunks_beside_others() -> None:
+    source = Source()
+    reader: BulkReader[str, int] = BulkReader(source.fetch, missing=-1, max_keys=3)
+    keys = ["a", "bb", "ccc", "dddd", "eeeee"]
+    got = await asyncio.gather(reader.get_many(keys), reader.get("ffffff"))
+    assert list(got[0]) == [1, 2, 3, 4, 5] and got[1] == 6
+    assert source.calls == [["a", "bb", "ccc"], ["dddd", "eeeee", "ffffff"]]
+    assert await reader.get_many([]) == []
