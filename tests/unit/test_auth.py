@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import time
 from typing import Any
 
 import jwt
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.auth import LEEWAY_S, api_key_matches, bearer, mint_token, verify_token
+from service.domain import validate_user_id
 from service.errors import BadRequest, Unauthorized
 
 # 64 bytes: long enough for HS256 and HS512 without PyJWT's short-key warning.
@@ -135,6 +140,164 @@ def test_malformed_tokens_are_refused(token: str) -> None:
 @pytest.mark.parametrize("exp", ["tomorrow", None, [1]])
 def test_malformed_exp_is_refused(exp: Any) -> None:
     refused(sign({"sub": "alice", "exp": exp}))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "HS256", "crit": ["exp"]},
+        {"alg": "HS256", "b64": False, "crit": ["b64"]},
+        {"alg": "HS256", "kid": 7},
+        {"alg": "hs256"},
+        {"typ": "JWT"},
+    ],
+)
+def test_headers_this_service_cannot_honour_are_refused(header: dict[str, Any]) -> None:
+    signing_input = (
+        f"{b64(orjson.dumps(header))}.{b64(orjson.dumps({'sub': 'a', 'exp': future()}))}"
+    )
+    digest = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    refused(f"{signing_input}.{b64(digest)}")
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"iat": "later"}, "malformed"),
+        ({"nbf": 2**40}, "not valid yet"),
+        ({"iat": 2**40}, "not valid yet"),
+        ({"aud": "another-service"}, "audience"),
+        ({"jti": 7}, "jti"),
+    ],
+)
+def test_claims_pyjwt_would_refuse_are_refused(claims: dict[str, Any], reason: str) -> None:
+    assert reason in refused(sign({"sub": "alice", "exp": future(), **claims})).message
+
+
+# ----- the same verdicts as PyJWT's decode, which verify_token replaced -----------------
+
+
+def pyjwt_verdict(token: str, secret: str) -> str | None:
+    """The user the PyJWT-based check accepts the token for, or None if it refuses it."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            options={"require": ["exp", "sub"]},
+            leeway=LEEWAY_S,
+        )
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    try:
+        return validate_user_id(claims.get("sub"), "token sub")
+    except BadRequest:
+        return None
+
+
+def verdict(token: str, secret: str) -> str | None:
+    try:
+        return verify_token(token, secret)
+    except Unauthorized:
+        return None
+
+
+ABSENT = object()
+AN_HOUR = 3600
+# Times as offsets from now, far from the leeway's edges so both checks read one clock.
+CLAIMS = {
+    "sub": [ABSENT, "alice", "u" * 64, "not valid", "", 42, None, ["alice"], "josé"],
+    "exp": [ABSENT, -AN_HOUR, AN_HOUR, f"+{AN_HOUR}", float(AN_HOUR), True, None, [1]],
+    "iat": [ABSENT, -AN_HOUR, AN_HOUR, f"-{AN_HOUR}", None, [1], 1.5],
+    "nbf": [ABSENT, -AN_HOUR, AN_HOUR, None, "soon"],
+    "aud": [ABSENT, "", "svc", [], ["svc"], None],
+    "jti": [ABSENT, "id-1", 7, None],
+    "iss": [ABSENT, "me", 5],
+}
+HEADERS = {
+    "alg": ["HS256", "HS256", "HS512", "none", ABSENT],
+    "typ": [ABSENT, "JWT", "at+jwt", 5],
+    "kid": [ABSENT, "k1", None],
+}
+MUTATIONS = ["none", "pad", "pad-all", "pad-too-much", "junk", "flip", "space", "dot", "utf8"]
+
+
+def as_time(value: Any, now: int) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return now + value
+    if isinstance(value, str) and value[:1] in "+-":
+        return str(now + int(value))
+    return value
+
+
+def build(header: dict[str, Any], claims: dict[str, Any], secret: str, mutation: str) -> str:
+    now = int(time.time())
+    head = b64(orjson.dumps({k: v for k, v in header.items() if v is not ABSENT}))
+    body = {
+        k: as_time(v, now) if k in ("exp", "iat", "nbf") else v
+        for k, v in claims.items()
+        if v is not ABSENT
+    }
+    signing_input = f"{head}.{b64(orjson.dumps(body))}"
+    digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}.get(header["alg"])
+    signature = (
+        b64(hmac.new(secret.encode(), signing_input.encode(), digest).digest()) if digest else ""
+    )
+    token = f"{signing_input}.{signature}"
+    parts = token.split(".")
+    if mutation == "pad":  # the signature's padding is not signed
+        parts[2] += "=" * (-len(parts[2]) % 4)
+    elif mutation == "pad-all":
+        parts = [part + "=" * (-len(part) % 4) for part in parts]
+    elif mutation == "pad-too-much":
+        parts[0] += "==="
+    elif mutation == "junk":
+        parts[2] = parts[2][:4] + "!" + parts[2][4:]
+    elif mutation == "flip" and parts[2]:
+        parts[2] = ("B" if parts[2][0] == "A" else "A") + parts[2][1:]
+    elif mutation == "space":
+        parts[1] = " " + parts[1]
+    elif mutation == "dot":
+        parts.append("")
+    elif mutation == "utf8":
+        parts[1] += "é"
+    return ".".join(parts)
+
+
+GOOD = {"alg": "HS256", "typ": "JWT", "sub": "alice", "exp": AN_HOUR}
+
+
+@st.composite
+def tokens(draw: st.DrawFn) -> str:
+    """A valid token with up to three of its header fields and claims changed, signed
+    with the secret or another, and perhaps mangled after signing."""
+    fields = dict(GOOD)
+    choices = {**HEADERS, **CLAIMS}
+    for name in draw(st.lists(st.sampled_from(sorted(choices)), max_size=3, unique=True)):
+        fields[name] = draw(st.sampled_from(choices[name]))
+    header = {name: fields.get(name, ABSENT) for name in HEADERS}
+    claims = {name: fields.get(name, ABSENT) for name in CLAIMS}
+    secret = draw(st.sampled_from([SECRET, SECRET, OTHER_SECRET]))
+    mutation = draw(st.sampled_from(["none", "none", "none", *MUTATIONS]))
+    return build(header, claims, secret, mutation)
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(token=tokens())
+def test_verdicts_match_pyjwt(token: str) -> None:
+    assert verdict(token, SECRET) == pyjwt_verdict(token, SECRET), token
+
+
+def test_the_comparison_sees_both_verdicts() -> None:
+    accepted = build(
+        {"alg": "HS256", "typ": "JWT"}, {"sub": "alice", "exp": AN_HOUR}, SECRET, "pad"
+    )
+    assert verdict(accepted, SECRET) == pyjwt_verdict(accepted, SECRET) == "alice"
+    forged = build({"alg": "HS256"}, {"sub": "alice", "exp": AN_HOUR}, OTHER_SECRET, "none")
+    assert verdict(forged, SECRET) is None and pyjwt_verdict(forged, SECRET) is None
 
 
 # ----- bearer() -------------------------------------------------------------------------
