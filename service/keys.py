@@ -8,6 +8,7 @@ carry the node's tag (`{n:ID}`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from functools import cache
 
 PREFIX = "bc"
@@ -98,6 +99,14 @@ class UserKeys:
     @property
     def due(self) -> str:
         return due_offline(self.shard)
+
+
+def by_shard(users: Iterable[str], keys_of: Callable[[str], UserKeys]) -> list[list[str]]:
+    """`users` grouped by shard, so that each group's keys are in one Cluster slot."""
+    groups: dict[int, list[str]] = {}
+    for user in users:
+        groups.setdefault(keys_of(user).shard, []).append(user)
+    return list(groups.values())
 
 
 def node_tag(node: str) -> str:

@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -38,7 +38,7 @@ _MAX_HYDRATE_ATTEMPTS = 3
 _T_SET_STATUS = metrics.redis_timer("set_status")
 _T_SESSION_OPEN = metrics.redis_timer("session_open")
 _T_SESSION_CLOSE = metrics.redis_timer("session_close")
-_T_READ_STATUSES = metrics.redis_timer("read_statuses")
+_T_READ_EACH = metrics.redis_timer("read_each")
 _T_LIST_CHANGE = metrics.redis_timer("list_change")
 _T_LOAD_LIST = metrics.redis_timer("load_list")
 _T_SQL_STATUSES = metrics.sql_timer("get_statuses")
@@ -82,48 +82,61 @@ class PresenceStore:
         at the cap). The node lists each session first: if the node dies right after, the
         reaper closes it (closing a session never opened does nothing)."""
         at = now_ms()
+        listed: dict[str, list[str]] = {}
+        for user, session, node, _ in openings:
+            listed.setdefault(node, []).append(f"{session} {user}")
         async with self.redis.pipeline(transaction=False) as pipe:
+            for node, members in listed.items():
+                pipe.sadd(keys.node_sessions(node), *members)
             for user, session, node, max_sessions in openings:
                 k = self.keys(user)
-                pipe.sadd(keys.node_sessions(node), f"{session} {user}")
                 await self.scripts.session_open(
                     keys=[k.status, k.sessions, k.due, k.events],
                     args=[user, session, node, at, self.settings.stream_maxlen, max_sessions],
                     client=pipe,
                 )
             results = await pipe.execute(raise_on_error=False)
-        pairs = zip(results[::2], results[1::2], strict=True)
-        return {
-            opening: listed if isinstance(listed, Exception) else code
-            for opening, (listed, code) in zip(openings, pairs, strict=True)
-        }
+        listing = dict(zip(listed, results, strict=False))
+        codes = results[len(listed) :]
+        found: dict[_Opening, int | Exception] = {}
+        for opening, code in zip(openings, codes, strict=True):
+            failed = listing[opening[2]]
+            found[opening] = failed if isinstance(failed, Exception) else code
+        return found
 
     async def _lists_from_redis(self, owners: list[str]) -> dict[str, set[str] | Exception]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for owner in owners:
-                pipe.smembers(self.keys(owner).list)
-            return dict(zip(owners, await pipe.execute(raise_on_error=False), strict=True))
+        found = await self.read_each("SMEMBERS", owners, lambda k: k.list)
+        return {owner: set(m) if isinstance(m, list) else m for owner, m in found.items()}
 
     async def _statuses_from_redis(self, users: list[str]) -> dict[str, Status | Exception | None]:
-        """Status hashes read by one `read_statuses.lua` call per shard, all in one pipeline."""
-        by_shard: dict[int, list[str]] = {}
-        for user in users:
-            by_shard.setdefault(self.keys(user).shard, []).append(user)
-        groups = list(by_shard.values())
+        found = await self.read_each("HGETALL", users, lambda k: k.status)
+        statuses: dict[str, Status | Exception | None] = {}
+        for user, row in found.items():
+            if isinstance(row, Exception):
+                statuses[user] = row
+            else:
+                fields = iter(row)
+                statuses[user] = status_from_hash(user, dict(zip(fields, fields, strict=True)))
+        return statuses
+
+    async def read_each(
+        self, command: str, users: Sequence[str], key: Callable[[UserKeys], str]
+    ) -> dict[str, list[str] | Exception]:
+        """`command` (HGETALL or SMEMBERS) on one key of each user, by `read_each.lua`:
+        one call per shard, all in one pipeline. A failing call fails its shard's users."""
+        groups = keys.by_shard(users, self.keys)
         async with self.redis.pipeline(transaction=False) as pipe:
             for group in groups:
-                status_keys = [self.keys(user).status for user in group]
-                await self.scripts.read_statuses(keys=status_keys, args=[], client=pipe)
-            with _T_READ_STATUSES.time():
+                group_keys = [key(self.keys(user)) for user in group]
+                await self.scripts.read_each(keys=group_keys, args=[command], client=pipe)
+            with _T_READ_EACH.time():
                 replies = await pipe.execute(raise_on_error=False)
-        found: dict[str, Status | Exception | None] = {}
+        found: dict[str, list[str] | Exception] = {}
         for group, rows in zip(groups, replies, strict=True):
             if isinstance(rows, Exception):
                 found.update(dict.fromkeys(group, rows))
-                continue
-            for user, row in zip(group, rows, strict=True):
-                fields = iter(row)
-                found[user] = status_from_hash(user, dict(zip(fields, fields, strict=True)))
+            else:
+                found.update(zip(group, rows, strict=True))
         return found
 
     async def _lists_from_sql(self, owners: list[str]) -> dict[str, list[str]]:

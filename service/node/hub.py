@@ -70,7 +70,7 @@ class Hub:
         # Subjects being spread over several loop passes, and which session has which of
         # their items (a snapshot or list frame may carry one before the spread gets there).
         self._spreads: dict[str, dict[Session, CachedItem]] = {}
-        self.interest = InterestRegistry(self.redis, self.node, lambda u: store.keys(u).interest)
+        self.interest = InterestRegistry(self.redis, self.node, store.keys, store.scripts)
         self.epoch: str | None = None
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []

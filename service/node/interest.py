@@ -12,16 +12,21 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from service import keys
+from service.keys import UserKeys
+from service.scripts import Scripts
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 
 class InterestRegistry:
-    def __init__(self, redis: Any, node: str, key_of: Callable[[str], str]) -> None:
+    def __init__(
+        self, redis: Any, node: str, keys_of: Callable[[str], UserKeys], scripts: Scripts
+    ) -> None:
         self._redis = redis
         self._node = node
-        self._key_of = key_of
+        self._keys_of = keys_of
+        self._scripts = scripts
         self._desired: dict[str, bool] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._kick = asyncio.Event()
@@ -87,10 +92,11 @@ class InterestRegistry:
         added = [s for s, wanted in batch.items() if wanted]
         removed = [s for s, wanted in batch.items() if not wanted]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for subject in added:
-                pipe.sadd(self._key_of(subject), self._node)
-            for subject in removed:
-                pipe.srem(self._key_of(subject), self._node)
+            # One `interest.lua` call per shard and direction, not a command per subject.
+            for subjects, flag in ((added, "1"), (removed, "0")):
+                for group in keys.by_shard(subjects, self._keys_of):
+                    sets = [self._keys_of(subject).interest for subject in group]
+                    await self._scripts.interest(keys=sets, args=[self._node, flag], client=pipe)
             if added:
                 pipe.sadd(own, *added)
             if removed:

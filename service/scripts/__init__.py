@@ -15,7 +15,8 @@ from typing import Any
 NAMES = (
     "set_status",
     "hydrate",
-    "read_statuses",
+    "read_each",
+    "interest",
     "session_open",
     "session_close",
     "offline_due",
@@ -55,7 +56,8 @@ class Scripts:
 
     set_status: LuaScript
     hydrate: LuaScript
-    read_statuses: LuaScript
+    read_each: LuaScript
+    interest: LuaScript
     session_open: LuaScript
     session_close: LuaScript
     offline_due: LuaScript

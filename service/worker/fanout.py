@@ -59,18 +59,21 @@ class Fanout:
         metrics.FANOUT_EVENTS.inc(len(entries))
 
         users = list(latest)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.smembers(self.store.keys(user).interest)
-            for change in lists:
-                pipe.hvals(self.store.keys(change.owner).sessions)
-            with _T_LOOKUP.time():
-                looked_up: list[Any] = await pipe.execute()
+        with _T_LOOKUP.time():
+            interest = await self.store.read_each("SMEMBERS", users, lambda k: k.interest)
+            holders: list[Any] = []
+            if lists:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for change in lists:
+                        pipe.hvals(self.store.keys(change.owner).sessions)
+                    holders = await pipe.execute()
 
         live = await self.live_nodes()
         batches: dict[str, InboxBatch] = {}
         stale: list[tuple[str, str]] = []
-        for user, nodes in zip(users, looked_up[: len(users)], strict=True):
+        for user, nodes in interest.items():
+            if isinstance(nodes, Exception):
+                raise nodes  # the batch is read again; no user's change is lost
             if not nodes:
                 continue
             status = latest[user]
@@ -80,7 +83,7 @@ class Fanout:
                     batches.setdefault(node, InboxBatch()).items.append(item)
                 else:
                     stale.append((user, node))
-        for change, nodes in zip(lists, looked_up[len(users) :], strict=True):
+        for change, nodes in zip(lists, holders, strict=True):
             for node in set(nodes):
                 batches.setdefault(node, InboxBatch()).lists.append(change)
         for gone in deleted:

@@ -35,7 +35,7 @@ class Node:
     """A hub without Redis, its sessions on fake sockets, all watching the celebrity."""
 
     def __init__(self, watchers: int) -> None:
-        store = cast(Any, SimpleNamespace(redis=None, keys=lambda user: None))
+        store = cast(Any, SimpleNamespace(redis=None, keys=lambda user: None, scripts=None))
         self.hub = Hub(Settings(node_id="n1"), store, None)
         self.sockets: dict[Session, FakeWS] = {}
         for n in range(watchers):
