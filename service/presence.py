@@ -6,6 +6,7 @@ write is one Lua script in the user's slot; SQL is read only when Redis has no c
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -140,24 +141,28 @@ class PresenceStore:
         return found
 
     async def _lists_from_sql(self, owners: list[str]) -> dict[str, list[str]]:
-        """Lists read from SQL, their Redis copies stored in one round trip for all.
+        """Lists read from SQL, their Redis copies stored in one round trip for all, a
+        script call per shard.
 
         `load_list.lua` stores a copy only if the list's version is still the one read
         before the SQL read: an edit that raced the read leaves no stale copy.
         """
-        owner_keys = [self.keys(owner) for owner in owners]
+        groups = keys.by_shard(owners, self.keys)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for k in owner_keys:
-                pipe.get(k.list_version)
-            seen = await pipe.execute()
+            for group in groups:
+                pipe.mget([self.keys(owner).list_version for owner in group])
+            versions = itertools.chain(*await pipe.execute())
+        seen = dict(zip(itertools.chain(*groups), versions, strict=True))
         lists = await self.db.get_lists(owners)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for owner, k, version in zip(owners, owner_keys, seen, strict=True):
-                await self.scripts.load_list(
-                    keys=[k.list, k.list_version],
-                    args=[version or "", LIST_COPY_TTL_MS, " ".join(lists[owner])],
-                    client=pipe,
-                )
+            for group in groups:
+                copies: list[str] = []
+                args: list[Any] = [LIST_COPY_TTL_MS]
+                for owner in group:
+                    k = self.keys(owner)
+                    copies += [k.list, k.list_version]
+                    args += [seen[owner] or "", " ".join(lists[owner])]
+                await self.scripts.load_list(keys=copies, args=args, client=pipe)
             await pipe.execute()
         return lists
 

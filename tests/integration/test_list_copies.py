@@ -114,3 +114,32 @@ async def test_one_users_broken_key_fails_only_that_users_open(store: PresenceSt
     lists = await asyncio.gather(*(store.load_list(u) for u in users), return_exceptions=True)
     assert isinstance(lists[3], ResponseError)
     assert [lists[n] for n in (0, 1, 2, 4)] == [expected(n) for n in (1, 2, 3, 5)]
+
+
+async def test_copies_of_one_shard_are_stored_by_one_call_and_checked_each(
+    store: PresenceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = max(keys.by_shard([f"o{o}" for o in range(30)], store.keys), key=len)
+    assert len(group) >= 3
+    calls: list[int] = []
+    store_copies = store.scripts.load_list
+
+    async def counted(**call: Any) -> Any:
+        calls.append(len(call["keys"]) // 2)
+        return await store_copies(**call)
+
+    read = store.db.get_lists
+
+    async def read_while_one_is_edited(owners: Sequence[str]) -> Any:
+        found = await read(owners)
+        await store.redis.incr(store.keys(group[1]).list_version)
+        return found
+
+    monkeypatch.setattr(store.scripts, "load_list", counted)
+    monkeypatch.setattr(store.db, "get_lists", read_while_one_is_edited)
+    loaded = await asyncio.gather(*(store.load_list(owner) for owner in group))
+    assert loaded == [expected(int(owner[1:])) for owner in group]
+    assert calls == [len(group)]
+    assert await copy_of(store, group[1]) == set()  # raced: not stored
+    for owner in (group[0], *group[2:]):
+        assert await copy_of(store, owner) == expected(int(owner[1:])) | {keys.LIST_LOADED}

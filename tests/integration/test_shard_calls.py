@@ -80,9 +80,9 @@ async def test_interest_is_written_a_script_call_per_shard(
     calls: list[tuple[int, str]] = []
     write = store.scripts.interest
 
-    async def counted(keys: list[str], args: list[str], client: Any = None) -> Any:
-        calls.append((len(keys), args[1]))
-        return await write(keys, args, client=client)
+    async def counted(**call: Any) -> Any:
+        calls.append((len(call["keys"]), call["args"][1]))
+        return await write(**call)
 
     monkeypatch.setattr(store.scripts, "interest", counted)
     registry = InterestRegistry(store.redis, "node-i", store.keys, store.scripts)
