@@ -6,7 +6,6 @@ write is one Lua script in the user's slot; SQL is read only when Redis has no c
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sys
 import time
@@ -122,9 +121,10 @@ class PresenceStore:
 
     async def read_each(
         self, command: str, users: Sequence[str], key: Callable[[UserKeys], str]
-    ) -> dict[str, list[str] | Exception]:
-        """`command` (HGETALL or SMEMBERS) on one key of each user, by `read_each.lua`:
-        one call per shard, all in one pipeline. A failing call fails its shard's users."""
+    ) -> dict[str, Any]:
+        """`command` (HGETALL, SMEMBERS or GET) on one key of each user, by `read_each.lua`:
+        one call per shard, all in one pipeline. Each user's reply, or the error of its
+        shard's call."""
         groups = keys.by_shard(users, self.keys)
         async with self.redis.pipeline(transaction=False) as pipe:
             for group in groups:
@@ -132,7 +132,7 @@ class PresenceStore:
                 await self.scripts.read_each(keys=group_keys, args=[command], client=pipe)
             with _T_READ_EACH.time():
                 replies = await pipe.execute(raise_on_error=False)
-        found: dict[str, list[str] | Exception] = {}
+        found: dict[str, Any] = {}
         for group, rows in zip(groups, replies, strict=True):
             if isinstance(rows, Exception):
                 found.update(dict.fromkeys(group, rows))
@@ -142,20 +142,19 @@ class PresenceStore:
 
     async def _lists_from_sql(self, owners: list[str]) -> dict[str, list[str]]:
         """Lists read from SQL, their Redis copies stored in one round trip for all, a
-        script call per shard.
+        script call per shard (a cluster pipeline refuses MGET, so versions come the same
+        way).
 
         `load_list.lua` stores a copy only if the list's version is still the one read
         before the SQL read: an edit that raced the read leaves no stale copy.
         """
-        groups = keys.by_shard(owners, self.keys)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for group in groups:
-                pipe.mget([self.keys(owner).list_version for owner in group])
-            versions = itertools.chain(*await pipe.execute())
-        seen = dict(zip(itertools.chain(*groups), versions, strict=True))
+        seen = await self.read_each("GET", owners, lambda k: k.list_version)
+        for version in seen.values():
+            if isinstance(version, Exception):
+                raise version
         lists = await self.db.get_lists(owners)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for group in groups:
+            for group in keys.by_shard(owners, self.keys):
                 copies: list[str] = []
                 args: list[Any] = [LIST_COPY_TTL_MS]
                 for owner in group:
