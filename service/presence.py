@@ -72,7 +72,7 @@ class PresenceStore:
         # A command that fails for one user (a key of the wrong type, say) fails that
         # user's read only: the pipelines give its error as the user's value.
         self._opens: BulkReader[_Opening, int] = BulkReader(self._open_sessions, -1)
-        self._redis_lists: BulkReader[str, set[str]] = BulkReader(self._lists_from_redis, set())
+        self._redis_lists: BulkReader[str, list[str]] = BulkReader(self._lists_from_redis, [])
         self._redis_statuses: BulkReader[str, Status | None] = BulkReader(
             self._statuses_from_redis, None
         )
@@ -96,7 +96,7 @@ class PresenceStore:
                     client=pipe,
                 )
             results = await pipe.execute(raise_on_error=False)
-        listing = dict(zip(listed, results, strict=False))
+        listing = dict(zip(listed, results[: len(listed)], strict=True))
         codes = results[len(listed) :]
         found: dict[_Opening, int | Exception] = {}
         for opening, code in zip(openings, codes, strict=True):
@@ -104,9 +104,8 @@ class PresenceStore:
             found[opening] = failed if isinstance(failed, Exception) else code
         return found
 
-    async def _lists_from_redis(self, owners: list[str]) -> dict[str, set[str] | Exception]:
-        found = await self.read_each("SMEMBERS", owners, lambda k: k.list)
-        return {owner: set(m) if isinstance(m, list) else m for owner, m in found.items()}
+    async def _lists_from_redis(self, owners: list[str]) -> dict[str, list[str] | Exception]:
+        return await self.read_each("SMEMBERS", owners, lambda k: k.list)
 
     async def _statuses_from_redis(self, users: list[str]) -> dict[str, Status | Exception | None]:
         found = await self.read_each("HGETALL", users, lambda k: k.status)
@@ -122,7 +121,7 @@ class PresenceStore:
     async def read_each(
         self, command: str, users: Sequence[str], key: Callable[[UserKeys], str]
     ) -> dict[str, Any]:
-        """`command` (HGETALL, SMEMBERS or GET) on one key of each user, by `read_each.lua`:
+        """`command` (HGETALL, HVALS, SMEMBERS or GET) on one key of each user, by `read_each.lua`:
         one call per shard, all in one pipeline. Each user's reply, or the error of its
         shard's call."""
         groups = keys.by_shard(users, self.keys)
@@ -295,7 +294,7 @@ class PresenceStore:
         with _T_LOAD_LIST.time():
             members = await self._redis_lists.get(owner)
         if keys.LIST_LOADED in members:
-            # Not changed in place: owners opening at once share the set read.
+            # Not changed in place: owners opening at once share the list read.
             return {sys.intern(m) for m in members if m != keys.LIST_LOADED}
         with _T_SQL_LIST.time():
             buddies = await self._sql_lists.get(owner)

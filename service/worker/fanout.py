@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
 
 from service import keys, metrics
 from service.config import Settings
@@ -59,14 +59,13 @@ class Fanout:
         metrics.FANOUT_EVENTS.inc(len(entries))
 
         users = list(latest)
+        owners = list(dict.fromkeys(change.owner for change in lists))
         with _T_LOOKUP.time():
-            interest = await self.store.read_each("SMEMBERS", users, lambda k: k.interest)
-            holders: list[Any] = []
-            if lists:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for change in lists:
-                        pipe.hvals(self.store.keys(change.owner).sessions)
-                    holders = await pipe.execute()
+            # Side by side, so a batch with list events still waits one round trip.
+            interest, holding = await asyncio.gather(
+                self.store.read_each("SMEMBERS", users, lambda k: k.interest),
+                self.store.read_each("HVALS", owners, lambda k: k.sessions),
+            )
 
         live = await self.live_nodes()
         batches: dict[str, InboxBatch] = {}
@@ -83,7 +82,10 @@ class Fanout:
                     batches.setdefault(node, InboxBatch()).items.append(item)
                 else:
                     stale.append((user, node))
-        for change, nodes in zip(lists, holders, strict=True):
+        for change in lists:
+            nodes = holding[change.owner]
+            if isinstance(nodes, Exception):
+                raise nodes
             for node in set(nodes):
                 batches.setdefault(node, InboxBatch()).lists.append(change)
         for gone in deleted:
