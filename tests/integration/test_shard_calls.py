@@ -131,3 +131,18 @@ async def test_opens_list_their_sessions_in_one_sadd_and_a_broken_set_fails_them
         *(store.open_session(u, f"x-{u}", "node-x") for u in USERS[:3]), return_exceptions=True
     )
     assert all(isinstance(r, ResponseError) for r in refused), refused
+
+
+async def test_fanout_sends_a_list_event_to_the_nodes_of_its_owners_sessions(
+    store: PresenceStore,
+) -> None:
+    await store.redis.hset(store.keys("r4").sessions, mapping={"s1": "node-0", "s2": "node-1"})
+    await store.redis.sadd(store.keys("r5").interest, "node-1")
+    await store.redis.zadd(keys.NODES, {"node-0": 2e12, "node-1": 2e12})
+    entries = [
+        ("1-0", {"k": "l", "u": "r4", "add": '["r5"]', "rm": "[]"}),
+        ("2-0", {"k": "s", "u": "r5", "p": "away", "v": "1", "ts": "1", "on": "1"}),
+    ]
+    await Fanout(store, store.settings).handle(entries)
+    assert await store.redis.xlen(keys.node_inbox("node-0")) == 1  # the list event
+    assert await store.redis.xlen(keys.node_inbox("node-1")) == 1  # both, in one entry
