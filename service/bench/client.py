@@ -138,6 +138,7 @@ class Client:
         self.commands: asyncio.Queue[Message | None] = asyncio.Queue()
         self.stopping = False
         self.tokens: dict[int, str] = {}
+        self.sources = wsclient.loopback_sources(config.url)
         # Counters for the progress line and the report.
         self.connected = 0
         self.closed = 0
@@ -340,9 +341,12 @@ class Client:
                     return time.time() - first
             return None
 
+    def _source(self, user: int) -> str | None:
+        return self.sources[user % len(self.sources)] if self.sources else None
+
     async def _try_open(self, user: int, url: str) -> BenchSession | None:
         try:
-            ws = await wsclient.connect(url, self._arrive, SNAPSHOT_TIMEOUT_S)
+            ws = await wsclient.connect(url, self._arrive, SNAPSHOT_TIMEOUT_S, self._source(user))
         except wsclient.HandshakeError as exc:
             self.errors[f"connect_http_{exc.status}"] += 1
             return None

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from urllib.parse import urlsplit
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
 _TEXT, _CLOSE, _PING, _PONG = 0x1, 0x8, 0x9, 0xA
+SOURCE_ADDRESSES = 16
+"""Loopback addresses a generator spreads its sockets over when the service is local."""
 
 
 class HandshakeError(Exception):
@@ -182,17 +186,62 @@ class WsConnection(asyncio.Protocol):
         del buffer[:offset]
 
 
+def loopback_sources(url: str, count: int = SOURCE_ADDRESSES) -> list[str]:
+    """Source addresses to spread connections to `url` over: `count` loopback addresses
+    when it is on this machine's IPv4 loopback, else none (the system picks)."""
+    try:
+        host = ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return []
+    if not (isinstance(host, ipaddress.IPv4Address) and host.is_loopback):
+        return []
+    return [f"127.0.0.{n}" for n in range(2, 2 + count)]
+
+
+async def _open_socket(host: str, port: int, source: str) -> socket.socket:
+    """A TCP socket connected to (host, port) from `source`, its port picked at connect.
+
+    Linux's connect() looks for a free local port by stepping through the range, checking
+    each against every connection to the same destination; with all of a generator's
+    sockets on one address, that took over a millisecond of CPU per connect past 14,000
+    (docs/benchmarks.md). Each source address has its own ports.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        no_port = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
+        if no_port is not None:  # Linux: the port is chosen by connect, per destination
+            sock.setsockopt(socket.IPPROTO_IP, no_port, 1)
+        sock.bind((source, 0))
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def connect(
-    url: str, on_data: Callable[[WsConnection], None], timeout_s: float
+    url: str,
+    on_data: Callable[[WsConnection], None],
+    timeout_s: float,
+    source: str | None = None,
 ) -> WsConnection:
-    """Open a WebSocket to `url` (http://host:port/path?query); raise HandshakeError or OSError."""
+    """Open a WebSocket to `url` (http://host:port/path?query), from the `source` address if
+    given; raise HandshakeError or OSError."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     key = base64.b64encode(os.urandom(16))
     loop = asyncio.get_running_loop()
-    transport, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: WsConnection(key, on_data), host, port), timeout_s
-    )
+
+    async def open_connection() -> tuple[asyncio.Transport, WsConnection]:
+        def protocol() -> WsConnection:
+            return WsConnection(key, on_data)
+
+        if source is None:
+            return await loop.create_connection(protocol, host, port)
+        return await loop.create_connection(protocol, sock=await _open_socket(host, port, source))
+
+    transport, conn = await asyncio.wait_for(open_connection(), timeout_s)
     # uvloop may call connection_made only after create_connection has returned.
     conn.transport = transport
     target = parts.path + (f"?{parts.query}" if parts.query else "")
