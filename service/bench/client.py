@@ -356,7 +356,8 @@ class Client:
         ws.tag = user
         session = BenchSession(user, ws)
         try:
-            await asyncio.wait_for(ws.wait_frames(2), SNAPSHOT_TIMEOUT_S)
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT_S):
+                await ws.wait_frames(2)
         except TimeoutError:
             self.errors["snapshot_timeout"] += 1
             ws.abort()

@@ -227,32 +227,33 @@ async def connect(
     source: str | None = None,
 ) -> WsConnection:
     """Open a WebSocket to `url` (http://host:port/path?query), from the `source` address if
-    given; raise HandshakeError or OSError."""
+    given, within `timeout_s`; raise HandshakeError, OSError or TimeoutError."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     key = base64.b64encode(os.urandom(16))
     loop = asyncio.get_running_loop()
 
-    async def open_connection() -> tuple[asyncio.Transport, WsConnection]:
-        def protocol() -> WsConnection:
-            return WsConnection(key, on_data)
+    def protocol() -> WsConnection:
+        return WsConnection(key, on_data)
 
+    # One deadline for the whole open: `asyncio.wait_for` would start a task per step.
+    async with asyncio.timeout(timeout_s):
         if source is None:
-            return await loop.create_connection(protocol, host, port)
-        return await loop.create_connection(protocol, sock=await _open_socket(host, port, source))
-
-    transport, conn = await asyncio.wait_for(open_connection(), timeout_s)
-    # uvloop may call connection_made only after create_connection has returned.
-    conn.transport = transport
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    transport.write(
-        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    try:
-        await asyncio.wait_for(asyncio.shield(conn.handshake), timeout_s)
-    except BaseException:
-        conn.abort()
-        raise
+            transport, conn = await loop.create_connection(protocol, host, port)
+        else:
+            sock = await _open_socket(host, port, source)
+            transport, conn = await loop.create_connection(protocol, sock=sock)
+        # uvloop may call connection_made only after create_connection has returned.
+        conn.transport = transport
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        transport.write(
+            f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        try:
+            await asyncio.shield(conn.handshake)
+        except BaseException:
+            conn.abort()
+            raise
     return conn
