@@ -203,7 +203,7 @@ async def _open_socket(host: str, port: int, source: str) -> socket.socket:
 
     Linux's connect() looks for a free local port by stepping through the range, checking
     each against every connection to the same destination; with all of a generator's
-    sockets on one address, that took over a millisecond of CPU per connect past 14,000
+    sockets on one address, that took over a millisecond of CPU per connect past 15,000
     (docs/benchmarks.md). Each source address has its own ports.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
