@@ -124,6 +124,8 @@ class PresenceStore:
         """`command` (HGETALL, HVALS, SMEMBERS or GET) on one key of each user, by `read_each.lua`:
         one call per shard, all in one pipeline. Each user's reply, or the error of its
         shard's call."""
+        if not users:
+            return {}
         groups = keys.by_shard(users, self.keys)
         async with self.redis.pipeline(transaction=False) as pipe:
             for group in groups:
