@@ -61,14 +61,11 @@ class Fanout:
         users = list(latest)
         owners = list(dict.fromkeys(change.owner for change in lists))
         with _T_LOOKUP.time():
-            interest_read = self.store.read_each("SMEMBERS", users, lambda k: k.interest)
-            if owners:
-                # Side by side, so a batch with list events still waits one round trip.
-                interest, holding = await asyncio.gather(
-                    interest_read, self.store.read_each("HVALS", owners, lambda k: k.sessions)
-                )
-            else:  # most batches: no tasks to start
-                interest, holding = await interest_read, {}
+            # Side by side, so a batch with list events still waits one round trip.
+            interest, holding = await asyncio.gather(
+                self.store.read_each("SMEMBERS", users, lambda k: k.interest),
+                self.store.read_each("HVALS", owners, lambda k: k.sessions),
+            )
 
         live = await self.live_nodes()
         batches: dict[str, InboxBatch] = {}
