@@ -24,6 +24,7 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -148,9 +149,11 @@ class Client:
         self.regressions = 0
         self.foreign = 0
         self.errors: Counter[str] = Counter()
-        # Per delivery of a marked change: its send time and latency (seconds).
+        # Per delivery of a marked change: its send time and latency (seconds), to its
+        # arrival at the watcher's socket; `read_latency` to the generator's read of it.
         self.sample_sent = array("d")
         self.sample_latency = array("d")
+        self.read_latency = array("d")
         self.celeb_sent = array("d")
         self.celeb_latency = array("d")
         self.ordinary_sent = array("d")
@@ -365,7 +368,7 @@ class Client:
         except ConnectionError:
             self.errors[f"closed_before_snapshot_{ws.close_code}"] += 1
             return None
-        (_, hello), (_, snapshot) = ws.frames[:2]
+        (_, _, hello), (_, _, snapshot) = ws.frames[:2]
         del ws.frames[:2]
         for expected, data in (("hello", hello), ("snapshot", snapshot)):
             frame = orjson.loads(data)
@@ -411,8 +414,8 @@ class Client:
             if session is None:
                 continue
             frames, ws.frames = ws.frames, []
-            for received, data in frames:
-                self._on_frame(session, data, received)
+            for received, read, data in frames:
+                self._on_frame(session, data, received, read)
             if ws.closed and not session.closed:
                 session.closed = True
                 session.close_code = ws.close_code
@@ -423,7 +426,7 @@ class Client:
             self._decode_scheduled = True
             asyncio.get_running_loop().call_soon(self._decode_arrived)
 
-    def _on_frame(self, session: BenchSession, data: bytes, received: float) -> None:
+    def _on_frame(self, session: BenchSession, data: bytes, received: float, read: float) -> None:
         frame = orjson.loads(data)
         kind = frame.get("type")
         if kind == "status":
@@ -451,6 +454,7 @@ class Client:
                         self.ordinary_latency.append(received - sent)
                     self.sample_sent.append(sent)
                     self.sample_latency.append(received - sent)
+                    self.read_latency.append(read - sent)
         elif kind == "ack":
             pending = self.pending.pop(frame.get("ref") or "", None)
             if pending is not None:
@@ -538,23 +542,18 @@ class Client:
     def collect(self, start: float, end: float) -> Message:
         """Latencies of changes sent in [start, end); forget everything sent before `end`."""
         out: Message = {"type": "samples", "errors": dict(self.errors)}
-        for name, sent, latency in (
-            ("all", self.sample_sent, self.sample_latency),
-            ("celebrity", self.celeb_sent, self.celeb_latency),
-            ("ordinary", self.ordinary_sent, self.ordinary_latency),
-            ("ack", self.ack_sent, self.ack_latency),
+        for sent, named in (
+            (self.sample_sent, (("all", self.sample_latency), ("read", self.read_latency))),
+            (self.celeb_sent, (("celebrity", self.celeb_latency),)),
+            (self.ordinary_sent, (("ordinary", self.ordinary_latency),)),
+            (self.ack_sent, (("ack", self.ack_latency),)),
         ):
-            window = array("d")
-            keep_sent, keep_latency = array("d"), array("d")
-            for s, lat in zip(sent, latency, strict=True):
-                if start <= s < end:
-                    window.append(lat)
-                elif s >= end:
-                    keep_sent.append(s)
-                    keep_latency.append(lat)
-            out[name] = window.tobytes()
-            sent[:] = keep_sent
-            latency[:] = keep_latency
+            inside = [start <= s < end for s in sent]
+            later = [s >= end for s in sent]
+            for name, latency in named:
+                out[name] = array("d", compress(latency, inside)).tobytes()
+                latency[:] = array("d", compress(latency, later))
+            sent[:] = array("d", compress(sent, later))
         out["unacked"] = sum(1 for _, s in self.pending.values() if start <= s < end)
         out["loop_lag_max"] = self.loop_lag_max
         out["gc_pause_max"] = GC.take()

@@ -503,6 +503,7 @@ class Bench:
         pool.send({"cmd": "collect", "start": start, "end": start + seconds})
         samples = pool.gather("samples", timeout_s=120)
         latencies = _merge_samples(samples, "all")
+        read = _merge_samples(samples, "read")
         celebrity = _merge_samples(samples, "celebrity")
         ordinary = _merge_samples(samples, "ordinary")
         acks = _merge_samples(samples, "ack")
@@ -520,6 +521,7 @@ class Bench:
             "acked": len(acks),
             "unacked": sum(int(r["unacked"]) for r in samples),
             "latency_ms": report.percentiles(latencies, (50, 95, 99, 100)),
+            "read_latency_ms": report.percentiles(read, (50, 95, 99, 100)),
             "celebrity_latency_ms": report.percentiles(celebrity, (50, 99, 100)),
             "ordinary_latency_ms": report.percentiles(ordinary, (50, 99, 100)),
             "ack_latency_ms": report.percentiles(acks, (50, 99, 100)),

@@ -1,30 +1,56 @@
 """The load generator's WebSocket client, at the socket level.
 
-A celebrity change puts 10,000 frames on one client process at once. Through a
-high-level client each costs a task switch and a queue before the generator can read
-the clock, and the last of them looks hundreds of milliseconds late although the
-service sent it in time. Here a frame is timestamped when its bytes arrive
-(`data_received`), and decoding waits for one pass over every session that got data.
+A celebrity change puts 10,000 frames on one client process at once, and the process
+reads them one socket after another, sharing the cores with the service. The time it
+reads the last of them is the generator's, not the service's: a watcher on a device of
+its own would have it when its bytes arrive. So a frame carries two times: when the
+kernel received its bytes (`SO_TIMESTAMPNS`, where the system gives it) and when the
+generator read them. Linux stamps packets only once some socket has asked, turning it on
+in the background; a read without a stamp counts as arriving when it was read.
+Decoding waits for one pass over every session that got data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol
 from urllib.parse import urlsplit
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
 _TEXT, _CLOSE, _PING, _PONG = 0x1, 0x8, 0x9, 0xA
+_FIN_TEXT = 0x80 | _TEXT
 SOURCE_ADDRESSES = 16
 """Loopback addresses a generator spreads its sockets over when the service is local."""
+# Linux's SO_TIMESTAMPNS (asm-generic; Python's socket module does not name it): each read
+# carries the time its last packet reached the socket, as a native struct timespec.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
+_TIMESPEC = struct.Struct("@ll")
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+READ_SIZE = 256 * 1024
+_read_buffer = bytearray(READ_SIZE)  # one process, one loop: reads never overlap
+_read_view = memoryview(_read_buffer)
+
+
+class Transport(Protocol):
+    """What a connection writes through (a `StampedTransport`, or a test's fake)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class HandshakeError(Exception):
@@ -52,8 +78,9 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
     return header + mask + masked
 
 
-class WsConnection(asyncio.Protocol):
-    """One session's socket: text frames with their arrival time, pings answered at once.
+class WsConnection:
+    """One session's socket: text frames with their arrival and read times, pings answered
+    at once.
 
     Until `live`, text frames collect in `frames` for whoever awaits `wait_frames`; after,
     each arrival reports the connection to `on_data`, which takes `frames` in one pass.
@@ -62,31 +89,48 @@ class WsConnection(asyncio.Protocol):
     def __init__(self, key: bytes, on_data: Callable[[WsConnection], None]) -> None:
         self._key = key
         self._on_data = on_data
-        self.transport: asyncio.Transport | None = None
+        self.transport: Transport | None = None
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buffer = bytearray()
         self._upgraded = False
-        self.frames: list[tuple[float, bytes]] = []
+        self.frames: list[tuple[float, float, bytes]] = []  # arrived, read, payload
         self._waiting: tuple[int, asyncio.Future[None]] | None = None
         self.live = False
         self.tag = -1  # the owner's name for this session
         self.closed = False
         self.close_code: int | None = None
 
-    # ----- asyncio.Protocol ------------------------------------------------------------
+    # ----- driven by the transport ----------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, though they behave as one.
-        self.transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        received = time.time()
-        self._buffer += data
-        if not self._upgraded and not self._read_handshake():
-            return
-        before = len(self.frames)
-        self._read_frames(received)
-        if len(self.frames) > before:
+    def data_received(
+        self, data: bytes | bytearray | memoryview, arrived: float | None = None
+    ) -> None:
+        """Take bytes that reached the socket at `arrived` (now, if the system did not say)."""
+        read = time.time()
+        if arrived is None:
+            arrived = read
+        if (
+            not self._buffer
+            and self._upgraded
+            and len(data) > 1
+            and data[0] == _FIN_TEXT
+            and data[1] < 126
+            and len(data) == data[1] + 2
+        ):
+            # The common case, one small text frame and nothing else, read where it lies.
+            self.frames.append((arrived, read, bytes(data[2:])))
+            texts = 1
+        else:
+            if self._buffer or not self._upgraded:
+                self._buffer += data
+                if not self._upgraded and not self._read_handshake():
+                    return
+                data = self._buffer
+            texts = self._read_frames(data, arrived, read)
+        if texts:
             if self.live:
                 self._on_data(self)
             elif self._waiting is not None and len(self.frames) >= self._waiting[0]:
@@ -151,8 +195,12 @@ class WsConnection(asyncio.Protocol):
         self.handshake.set_result(None)
         return True
 
-    def _read_frames(self, received: float) -> None:
-        buffer = self._buffer
+    def _read_frames(
+        self, buffer: bytes | bytearray | memoryview, arrived: float, read: float
+    ) -> int:
+        """Take the whole frames at the start of `buffer` (the connection's own, or bytes
+        just read), keep the rest for later; the number of text frames."""
+        texts = 0
         offset = 0
         while len(buffer) - offset >= 2:
             first, second = buffer[offset], buffer[offset + 1]
@@ -174,7 +222,8 @@ class WsConnection(asyncio.Protocol):
             offset = start + size
             opcode = first & 0x0F
             if opcode == _TEXT:
-                self.frames.append((received, payload))
+                self.frames.append((arrived, read, payload))
+                texts += 1
             elif opcode == _PING and self.transport is not None:
                 self.transport.write(_client_frame(_PONG, payload))
             elif opcode == _CLOSE:
@@ -183,7 +232,11 @@ class WsConnection(asyncio.Protocol):
                     self.transport.write(_client_frame(_CLOSE, payload[:2]))
                     self.transport.close()
                 self.closed = True
-        del buffer[:offset]
+        if buffer is self._buffer:
+            del self._buffer[:offset]
+        elif offset < len(buffer):
+            self._buffer += buffer[offset:]
+        return texts
 
 
 def loopback_sources(url: str, count: int = SOURCE_ADDRESSES) -> list[str]:
@@ -198,22 +251,127 @@ def loopback_sources(url: str, count: int = SOURCE_ADDRESSES) -> list[str]:
     return [f"127.0.0.{n}" for n in range(2, 2 + count)]
 
 
-async def _open_socket(host: str, port: int, source: str) -> socket.socket:
-    """A TCP socket connected to (host, port) from `source`, its port picked at connect.
+class StampedTransport:
+    """A connected socket read with the kernel's arrival time of its bytes, for `protocol`.
+
+    Reads go through `recvmsg` on the event loop's reader callback; writes go out at once,
+    and what the socket does not take waits for its writer callback.
+    """
+
+    def __init__(self, sock: socket.socket, protocol: WsConnection) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+        self._out = bytearray()
+        self._closing = False
+        self._lost = False
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._stamped = False
+        if SO_TIMESTAMPNS is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self._stamped = True
+        protocol.connection_made(self)
+        self._loop.add_reader(self._fd, self._read)
+
+    def _read(self) -> None:
+        try:
+            if self._stamped:
+                size, ancillary, _, _ = self._sock.recvmsg_into([_read_view], _ANCILLARY_SIZE)
+            else:
+                size, ancillary = self._sock.recv_into(_read_view), []
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if not size:
+            self._lose(None)
+            return
+        arrived = None
+        if ancillary:  # the socket asked for nothing else
+            seconds, nanoseconds = _TIMESPEC.unpack_from(ancillary[0][2])
+            arrived = seconds + nanoseconds / 1e9
+        self._protocol.data_received(_read_view[:size], arrived)
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._out:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lose(exc)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._loop.add_writer(self._fd, self._flush)
+        self._out += data
+
+    def _flush(self) -> None:
+        try:
+            sent = self._sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        del self._out[:sent]
+        if not self._out:
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._lose(None)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        """Close once what is written has gone out."""
+        self._closing = True
+        if not self._out:
+            self._lose(None)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._lose(None)
+
+    def _lose(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._sock.close()
+        self._protocol.connection_lost(exc)
+
+
+async def _open_socket(host: str, port: int, source: str | None) -> socket.socket:
+    """A TCP socket connected to (host, port), from `source` if given, its port picked at
+    connect.
 
     Linux's connect() looks for a free local port by stepping through the range, checking
     each against every connection to the same destination; with all of a generator's
     sockets on one address, that took over a millisecond of CPU per connect past 15,000
     (docs/benchmarks.md). Each source address has its own ports.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    loop = asyncio.get_running_loop()
+    family, kind, proto, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[
+        0
+    ]
+    sock = socket.socket(family, kind, proto)
     try:
         sock.setblocking(False)
-        no_port = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
-        if no_port is not None:  # Linux: the port is chosen by connect, per destination
-            sock.setsockopt(socket.IPPROTO_IP, no_port, 1)
-        sock.bind((source, 0))
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        if source is not None:
+            no_port = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
+            if no_port is not None:  # Linux: the port is chosen by connect, per destination
+                sock.setsockopt(socket.IPPROTO_IP, no_port, 1)
+            sock.bind((source, 0))
+        await loop.sock_connect(sock, address)
     except BaseException:
         sock.close()
         raise
@@ -231,20 +389,10 @@ async def connect(
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     key = base64.b64encode(os.urandom(16))
-    loop = asyncio.get_running_loop()
-
-    def protocol() -> WsConnection:
-        return WsConnection(key, on_data)
-
+    conn = WsConnection(key, on_data)
     # One deadline for the whole open: `asyncio.wait_for` would start a task per step.
     async with asyncio.timeout(timeout_s):
-        if source is None:
-            transport, conn = await loop.create_connection(protocol, host, port)
-        else:
-            sock = await _open_socket(host, port, source)
-            transport, conn = await loop.create_connection(protocol, sock=sock)
-        # uvloop may call connection_made only after create_connection has returned.
-        conn.transport = transport
+        transport = StampedTransport(await _open_socket(host, port, source), conn)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         transport.write(
             f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"

@@ -62,12 +62,27 @@ async def test_handshake_then_frames_split_anywhere() -> None:
     for i in range(0, len(data), 7):  # in pieces that cut headers and payloads
         conn.data_received(data[i : i + 7])
     assert conn.handshake.done() and conn.handshake.exception() is None
-    assert [payload for _, payload in conn.frames] == [b"hello", b"x" * 300]
+    assert [payload for _, _, payload in conn.frames] == [b"hello", b"x" * 300]
     assert arrivals == []  # not live yet: the opener takes hello and snapshot itself
     conn.frames.clear()
     conn.live = True
     conn.data_received(small)
-    assert arrivals == [conn] and [p for _, p in conn.frames] == [b"hello"]
+    assert arrivals == [conn] and [p for _, _, p in conn.frames] == [b"hello"]
+
+
+async def test_reads_that_end_inside_a_frame_keep_the_rest_for_the_next() -> None:
+    conn, _, _ = opened()
+    conn.data_received(f"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n".encode())
+    small, large = websocket_text_frame(b"hello"), websocket_text_frame(b"y" * 126)
+    assert len(large) == 130 and large[1] == 126  # a 16-bit length follows
+    conn.data_received(large[:128], 1.0)  # 128 bytes, as if a 126-byte frame were whole
+    conn.data_received(large[128:] + small + large[:3], 2.0)
+    conn.data_received(memoryview(large[3:]), 3.0)
+    assert [(arrived, p) for arrived, _, p in conn.frames] == [
+        (2.0, b"y" * 126),
+        (2.0, b"hello"),
+        (3.0, b"y" * 126),
+    ]
 
 
 async def test_a_refused_upgrade_reports_its_status() -> None:
