@@ -112,16 +112,9 @@ class WsConnection:
         read = time.time()
         if arrived is None:
             arrived = read
-        if (
-            not self._buffer
-            and self._upgraded
-            and len(data) > 1
-            and data[0] == _FIN_TEXT
-            and data[1] < 126
-            and len(data) == data[1] + 2
-        ):
-            # The common case, one small text frame and nothing else, read where it lies.
-            self.frames.append((arrived, read, bytes(data[2:])))
+        if not self._buffer and self._upgraded and _one_text_frame(data):
+            # The common case, one status frame and nothing else, read where it lies.
+            self.frames.append((arrived, read, bytes(data[4 if data[1] == 126 else 2 :])))
             texts = 1
         else:
             if self._buffer or not self._upgraded:
@@ -237,6 +230,16 @@ class WsConnection:
         elif offset < len(buffer):
             self._buffer += buffer[offset:]
         return texts
+
+
+def _one_text_frame(data: bytes | bytearray | memoryview) -> bool:
+    """Whether `data` is exactly one whole unfragmented text frame under 64 KiB."""
+    if len(data) < 2 or data[0] != _FIN_TEXT:
+        return False
+    size = data[1]
+    if size < 126:
+        return len(data) == 2 + size
+    return size == 126 and len(data) >= 4 and len(data) == 4 + (data[2] << 8 | data[3])
 
 
 def loopback_sources(url: str, count: int = SOURCE_ADDRESSES) -> list[str]:

@@ -78,10 +78,12 @@ async def test_reads_that_end_inside_a_frame_keep_the_rest_for_the_next() -> Non
     conn.data_received(large[:128], 1.0)  # 128 bytes, as if a 126-byte frame were whole
     conn.data_received(large[128:] + small + large[:3], 2.0)
     conn.data_received(memoryview(large[3:]), 3.0)
+    conn.data_received(memoryview(large), 4.0)  # whole, as a status frame mostly comes
     assert [(arrived, p) for arrived, _, p in conn.frames] == [
         (2.0, b"y" * 126),
         (2.0, b"hello"),
         (3.0, b"y" * 126),
+        (4.0, b"y" * 126),
     ]
 
 
