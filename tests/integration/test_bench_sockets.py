@@ -7,12 +7,24 @@ import asyncio
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from service.bench import wsclient
+
+Handler = Callable[[web.Request], Awaitable[web.WebSocketResponse]]
+
+
+async def _serve(handler: Handler) -> TestServer:
+    """A loopback server with `handler` at /ws."""
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
 
 
 async def _peer_server() -> TestServer:
@@ -26,11 +38,7 @@ async def _peer_server() -> TestServer:
         await ws.close()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server
+    return await _serve(handler)
 
 
 async def _peer_seen(url: str, source: str | None) -> str:
@@ -94,10 +102,7 @@ async def test_a_frame_carries_the_time_its_bytes_arrived_not_the_time_it_was_re
         await ws.receive()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    server = await _serve(handler)
     try:
         conn = await wsclient.connect(f"http://127.0.0.1:{server.port}/ws", lambda _c: None, 5.0)
         try:
