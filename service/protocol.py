@@ -144,11 +144,15 @@ def framed_status(item: bytes) -> bytes:
     return websocket_text_frame(status_frame((item,)))
 
 
-def framed_status_item(wire: bytes) -> memoryview:
-    """The item of a `framed_status` frame, without a copy."""
+FRAMED_STATUS_ITEM_END = -2
+"""Where the item of a `framed_status` frame ends, from the frame's end (before `]}`)."""
+
+
+def framed_status_item_start(wire: bytes) -> int:
+    """Where the item of a `framed_status` frame starts (after the header and `[`)."""
     size = wire[1]  # a server's frame is unmasked (RFC 6455 5.2)
     header = 2 if size < 126 else 4 if size == 126 else 10
-    return memoryview(wire)[header + len(_STATUS_ITEMS) + 1 : -2]  # inside `[` and `]}`
+    return header + len(_STATUS_ITEMS) + 1
 
 
 def list_frame(added: Iterable[Encoded], removed: Iterable[str]) -> bytes:

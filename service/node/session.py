@@ -17,9 +17,10 @@ from aiohttp import WSMsgType, web
 
 from service import metrics
 from service.protocol import (
+    FRAMED_STATUS_ITEM_END,
     WEBSOCKET_PING_FRAME,
     framed_status,
-    framed_status_item,
+    framed_status_item_start,
     status_frame,
     websocket_text_frame,
 )
@@ -36,7 +37,7 @@ NOTHING_HELD: frozenset[str] = frozenset()
 class CachedItem:
     """A subject's latest item on this node, encoded once, and the life it belongs to."""
 
-    __slots__ = ("life", "updated_at", "version", "wire")
+    __slots__ = ("item_start", "life", "updated_at", "version", "wire")
 
     def __init__(self, item: dict[str, Any], data: bytes, life: int) -> None:
         self.life = life
@@ -45,11 +46,13 @@ class CachedItem:
         # Only the framed item is kept: the latest item of every watched subject is held
         # on the node, and a second copy would cost it 140-160 bytes a subject.
         self.wire = framed_status(data)
+        self.item_start = framed_status_item_start(self.wire)
 
     @property
-    def data(self) -> memoryview:
-        """The item's JSON, read out of its frame."""
-        return framed_status_item(self.wire)
+    def data(self) -> bytes:
+        """The item's JSON, copied out of its frame: a snapshot joins one per subject, and
+        slicing out 150 bytes costs a third of finding them and making a view of them."""
+        return self.wire[self.item_start : FRAMED_STATUS_ITEM_END]
 
 
 class Session:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from service.domain import Presence, Status, StatusPatch
 from service.errors import BadRequest
 from service.protocol import (
+    FRAMED_STATUS_ITEM_END,
     MAX_REF_CHARS,
     ClientFrame,
     FrameError,
@@ -21,6 +22,8 @@ from service.protocol import (
     encode_item,
     error_body,
     error_frame,
+    framed_status,
+    framed_status_item_start,
     hello_frame,
     list_frame,
     pong_frame,
@@ -450,3 +453,14 @@ def test_kept_encodings_are_sized_to_their_json() -> None:
         tracemalloc.stop()
     assert orjson.loads(made[0]) == item
     assert held / len(made) < 400, f"{held / len(made):.0f} bytes per encoding"
+
+
+@pytest.mark.parametrize("size", [10, 125, 126, 70_000])
+def test_the_item_of_a_framed_status_is_found_whatever_its_header(size: int) -> None:
+    item = orjson.dumps({"user": "u", "text": "x" * size})
+    wire = framed_status(item)
+    assert orjson.loads(wire[wire.index(b"{") :]) == {
+        "type": "status",
+        "items": [orjson.loads(item)],
+    }
+    assert wire[framed_status_item_start(wire) : FRAMED_STATUS_ITEM_END] == item
