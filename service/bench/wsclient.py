@@ -112,9 +112,10 @@ class WsConnection:
         read = time.time()
         if arrived is None:
             arrived = read
-        if not self._buffer and self._upgraded and _one_text_frame(data):
+        start = 0 if self._buffer or not self._upgraded else _lone_text_payload(data)
+        if start:
             # The common case, one status frame and nothing else, read where it lies.
-            self.frames.append((arrived, read, bytes(data[4 if data[1] == 126 else 2 :])))
+            self.frames.append((arrived, read, bytes(data[start:])))
             texts = 1
         else:
             if self._buffer or not self._upgraded:
@@ -232,14 +233,17 @@ class WsConnection:
         return texts
 
 
-def _one_text_frame(data: bytes | bytearray | memoryview) -> bool:
-    """Whether `data` is exactly one whole unfragmented text frame under 64 KiB."""
+def _lone_text_payload(data: bytes | bytearray | memoryview) -> int:
+    """Where the payload starts if `data` is exactly one whole unfragmented text frame
+    under 64 KiB, else 0."""
     if len(data) < 2 or data[0] != _FIN_TEXT:
-        return False
+        return 0
     size = data[1]
     if size < 126:
-        return len(data) == 2 + size
-    return size == 126 and len(data) >= 4 and len(data) == 4 + (data[2] << 8 | data[3])
+        return 2 if len(data) == 2 + size else 0
+    if size == 126 and len(data) >= 4 and len(data) == 4 + (data[2] << 8 | data[3]):
+        return 4
+    return 0
 
 
 def loopback_sources(url: str, count: int = SOURCE_ADDRESSES) -> list[str]:
