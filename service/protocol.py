@@ -96,11 +96,7 @@ def encode_item(item: dict[str, Any]) -> bytes:
     return _dumps(item)
 
 
-Encoded = bytes | memoryview
-"""An item's JSON, as built or as read out of a cached frame."""
-
-
-def _join(parts: Iterable[Encoded]) -> bytes:
+def _join(parts: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(parts) + b"]"
 
 
@@ -111,14 +107,14 @@ def hello_frame(user: str, session: str, node: str, heartbeat_s: float) -> bytes
     )
 
 
-def snapshot_frame(encoded_items: Iterable[Encoded]) -> bytes:
+def snapshot_frame(encoded_items: Iterable[bytes]) -> bytes:
     return b'{"type":"snapshot","items":' + _join(encoded_items) + b"}"
 
 
 _STATUS_ITEMS = b'{"type":"status","items":'
 
 
-def status_frame(encoded_items: Iterable[Encoded]) -> bytes:
+def status_frame(encoded_items: Iterable[bytes]) -> bytes:
     return _STATUS_ITEMS + _join(encoded_items) + b"}"
 
 
@@ -155,7 +151,7 @@ def framed_status_item_start(wire: bytes) -> int:
     return header + len(_STATUS_ITEMS) + 1
 
 
-def list_frame(added: Iterable[Encoded], removed: Iterable[str]) -> bytes:
+def list_frame(added: Iterable[bytes], removed: Iterable[str]) -> bytes:
     return (
         b'{"type":"list","added":' + _join(added) + b',"removed":' + orjson.dumps(list(removed))
     ) + b"}"

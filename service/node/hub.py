@@ -33,7 +33,7 @@ from service.events import InboxBatch, ListChange
 from service.node.interest import InterestRegistry
 from service.node.session import NOTHING_HELD, CachedItem, Session
 from service.presence import PresenceStore, now_ms
-from service.protocol import Encoded, encode_item, list_frame, snapshot_frame
+from service.protocol import encode_item, list_frame, snapshot_frame
 from service.redis_conn import REDIS_DOWN
 from service.tasks import cancel_and_wait
 
@@ -192,9 +192,9 @@ class Hub:
     def _snapshot(self, session: Session) -> bytes:
         return snapshot_frame(self._items(session, session.buddies))
 
-    def _items(self, session: Session, subjects: Iterable[str]) -> list[Encoded]:
+    def _items(self, session: Session, subjects: Iterable[str]) -> list[bytes]:
         """The latest item of each subject, encoded, for a frame queued to `session`."""
-        parts: list[Encoded] = []
+        parts: list[bytes] = []
         spreading = self._spreads
         for subject in subjects:
             cached = self.latest.get(subject)

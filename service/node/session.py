@@ -50,8 +50,9 @@ class CachedItem:
 
     @property
     def data(self) -> bytes:
-        """The item's JSON, copied out of its frame: a snapshot joins one per subject, and
-        slicing out 150 bytes costs a third of finding them and making a view of them."""
+        """The item's JSON, copied out of its frame. A snapshot takes one per subject, so
+        the item's offset is kept: finding it again and viewing it cost three times as much
+        as the copy (docs/benchmarks.md)."""
         return self.wire[self.item_start : FRAMED_STATUS_ITEM_END]
 
 
