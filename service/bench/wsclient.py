@@ -112,10 +112,10 @@ class WsConnection:
         read = time.time()
         if arrived is None:
             arrived = read
-        start = 0 if self._buffer or not self._upgraded else _lone_text_payload(data)
-        if start:
+        bounds = None if self._buffer or not self._upgraded else _frame_at(data, 0)
+        if bounds is not None and bounds[1] == len(data) and data[0] == _FIN_TEXT:
             # The common case, one status frame and nothing else, read where it lies.
-            self.frames.append((arrived, read, bytes(data[start:])))
+            self.frames.append((arrived, read, bytes(data[bounds[0] :])))
             texts = 1
         else:
             if self._buffer or not self._upgraded:
@@ -196,24 +196,11 @@ class WsConnection:
         just read), keep the rest for later; the number of text frames."""
         texts = 0
         offset = 0
-        while len(buffer) - offset >= 2:
-            first, second = buffer[offset], buffer[offset + 1]
-            size = second & 0x7F
-            start = offset + 2
-            if size == 126:
-                if len(buffer) - offset < 4:
-                    break
-                (size,) = struct.unpack_from("!H", buffer, start)
-                start += 2
-            elif size == 127:
-                if len(buffer) - offset < 10:
-                    break
-                (size,) = struct.unpack_from("!Q", buffer, start)
-                start += 8
-            if len(buffer) - start < size:
-                break
-            payload = bytes(buffer[start : start + size])
-            offset = start + size
+        while (bounds := _frame_at(buffer, offset)) is not None:
+            first = buffer[offset]
+            start, offset = bounds
+            size = offset - start
+            payload = bytes(buffer[start:offset])
             opcode = first & 0x0F
             if opcode == _TEXT:
                 self.frames.append((arrived, read, payload))
@@ -233,17 +220,26 @@ class WsConnection:
         return texts
 
 
-def _lone_text_payload(data: bytes | bytearray | memoryview) -> int:
-    """Where the payload starts if `data` is exactly one whole unfragmented text frame
-    under 64 KiB, else 0."""
-    if len(data) < 2 or data[0] != _FIN_TEXT:
-        return 0
-    size = data[1]
-    if size < 126:
-        return 2 if len(data) == 2 + size else 0
-    if size == 126 and len(data) >= 4 and len(data) == 4 + (data[2] << 8 | data[3]):
-        return 4
-    return 0
+def _frame_at(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[int, int] | None:
+    """Where the payload of the frame at `offset` starts and ends, if it is all there.
+    (A server's frames are unmasked, RFC 6455 5.2.)"""
+    available = len(buffer) - offset
+    if available < 2:
+        return None
+    size = buffer[offset + 1] & 0x7F
+    start = offset + 2
+    if size == 126:
+        if available < 4:
+            return None
+        size = buffer[start] << 8 | buffer[start + 1]
+        start += 2
+    elif size == 127:
+        if available < 10:
+            return None
+        (size,) = struct.unpack_from("!Q", buffer, start)
+        start += 8
+    end = start + size
+    return (start, end) if end <= len(buffer) else None
 
 
 def loopback_sources(url: str, count: int = SOURCE_ADDRESSES) -> list[str]:

@@ -87,6 +87,16 @@ async def test_reads_that_end_inside_a_frame_keep_the_rest_for_the_next() -> Non
     ]
 
 
+async def test_a_frame_with_a_64_bit_length_is_read_whole() -> None:
+    conn, _, _ = opened()
+    conn.data_received(f"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n".encode())
+    huge = websocket_text_frame(b"z" * 70_000)
+    assert huge[1] == 127  # a 64-bit length follows
+    conn.data_received(huge[:9], 1.0)  # not even the whole header
+    conn.data_received(huge[9:], 2.0)
+    assert [(arrived, p) for arrived, _, p in conn.frames] == [(2.0, b"z" * 70_000)]
+
+
 async def test_a_refused_upgrade_reports_its_status() -> None:
     conn, transport, _ = opened()
     conn.data_received(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n")
