@@ -220,7 +220,7 @@ def result_rows(results: Results) -> list[tuple[str, str]]:
         ("propagation p50 / p95 / p99 / max",
          _ms(steady["latency_ms"], ("p50", "p95", "p99", "max"))),
         ("the same, to the generator's read",
-         _ms(steady.get("read_latency_ms", {}), ("p50", "p95", "p99", "max"))),
+         _ms(steady["read_latency_ms"], ("p50", "p95", "p99", "max"))),
         ("celebrity p50 / p99 / max",
          _ms(steady["celebrity_latency_ms"], ("p50", "p99", "max"))),
         ("others' changes p50 / p99 / max",

@@ -270,20 +270,15 @@ class StampedTransport:
         self._closing = False
         self._lost = False
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._stamped = False
         if SO_TIMESTAMPNS is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # without stamps, reads carry no time
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                self._stamped = True
         protocol.connection_made(self)
         self._loop.add_reader(self._fd, self._read)
 
     def _read(self) -> None:
         try:
-            if self._stamped:
-                size, ancillary, _, _ = self._sock.recvmsg_into([_read_view], _ANCILLARY_SIZE)
-            else:
-                size, ancillary = self._sock.recv_into(_read_view), []
+            size, ancillary, _, _ = self._sock.recvmsg_into([_read_view], _ANCILLARY_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -330,7 +325,7 @@ class StampedTransport:
                 self._lose(None)
 
     def is_closing(self) -> bool:
-        return self._closing or self._lost
+        return self._closing
 
     def close(self) -> None:
         """Close once what is written has gone out."""
@@ -363,9 +358,8 @@ async def _open_socket(host: str, port: int, source: str | None) -> socket.socke
     (docs/benchmarks.md). Each source address has its own ports.
     """
     loop = asyncio.get_running_loop()
-    family, kind, proto, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[
-        0
-    ]
+    resolved = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = resolved[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setblocking(False)
