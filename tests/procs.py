@@ -144,8 +144,12 @@ class Deployment:
         return f"http://127.0.0.1:{self.ports[self.nodes[node].name]}"
 
     def stop(self) -> None:
-        for proc in self.nodes + self.workers:
-            proc.stop()
+        """Stop every process; they drain side by side, not one after another."""
+        procs = self.nodes + self.workers
+        for proc in procs:
+            proc.signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in self.nodes + self.workers)
