@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+import hiredis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,6 +27,57 @@ COMMAND_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 512
 """Per Redis server: a burst beyond it waits for a free connection (single Redis) or is
 retried by the caller (cluster, whose async client raises when a node's pool is full)."""
+
+
+class LeanConnection(Connection):
+    """A TCP connection that costs its client less CPU per command than redis-py's.
+
+    - Commands are packed by hiredis: redis-py's asyncio client packs them in Python,
+      which took 70 µs for a 50-key script call that hiredis packs in 8.
+    - Sends skip redis-py's `asyncio.wait_for`, which on Python 3.11 starts a task per
+      command. A send the socket takes whole cannot time out, so only one that leaves
+      bytes buffered waits, under the same timeout.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        name, rest = args[0], args[1:]
+        # As redis-py does: a name such as "CLIENT KILL" is sent as two arguments.
+        if isinstance(name, str):
+            args = (*name.encode().split(), *rest)
+        elif isinstance(name, bytes) and b" " in name:
+            args = (*name.split(), *rest)
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # a type hiredis does not pack: redis-py's packer decides
+            return super().pack_command(*args)
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not isinstance(command, list) or not self.is_connected:
+            await super().send_packed_command(command, check_health)
+            return
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        writer = self._writer
+        if writer is None or writer.transport.is_closing():
+            await super().send_packed_command(command, check_health=False)
+            return
+        try:
+            writer.writelines(command)
+            if writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(self.socket_timeout):
+                    await writer.drain()
+        except BaseException as exc:
+            # A send cut short leaves the stream unusable, and its unsent bytes useless:
+            # drop them rather than let the closing transport hold them.
+            writer.transport.abort()
+            await self.disconnect(nowait=True)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+            raise
 
 
 def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
@@ -56,4 +110,6 @@ def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
         url, max_connections=MAX_CONNECTIONS, timeout=socket_timeout_s, health_check_interval=10,
         **common,
     )  # fmt: skip
+    if pool.connection_class is Connection:  # plain TCP; TLS and Unix sockets keep theirs
+        pool.connection_class = LeanConnection
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
