@@ -80,6 +80,15 @@ class LeanConnection(Connection):
             raise
 
 
+def _use_lean_connections(cluster: RedisCluster) -> None:
+    """The cluster client takes no connection class, so its nodes are given one: those
+    it starts from now, and those it finds later through the kwargs it builds them with."""
+    manager = cluster.nodes_manager
+    manager.connection_kwargs["connection_class"] = LeanConnection
+    for node in manager.startup_nodes.values():
+        node.connection_class = LeanConnection
+
+
 def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
     """A client for `url`; `socket_timeout_s` must exceed any BLOCK the client issues."""
     parts = urlsplit(url)
@@ -98,18 +107,22 @@ def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
         for seed in parts.netloc.rsplit("@", 1)[-1].split(","):
             host, _, port = seed.rpartition(":")
             seeds.append(ClusterNode(host, int(port)))
-        return RedisCluster(
+        tls = parts.scheme.startswith("rediss")
+        cluster = RedisCluster(
             startup_nodes=seeds,
             max_connections=MAX_CONNECTIONS,
-            ssl=parts.scheme.startswith("rediss"),
+            ssl=tls,
             password=parts.password,
             username=parts.username,
             **common,
         )
+        if not tls:
+            _use_lean_connections(cluster)
+        return cluster
     pool = BlockingConnectionPool.from_url(
         url, max_connections=MAX_CONNECTIONS, timeout=socket_timeout_s, health_check_interval=10,
         **common,
     )  # fmt: skip
-    if pool.connection_class is Connection:  # plain TCP; TLS and Unix sockets keep theirs
+    if pool.connection_class is Connection:  # TCP: TLS and Unix sockets keep their own
         pool.connection_class = LeanConnection
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

@@ -1,5 +1,6 @@
-"""The client's sends: commands and pipelines skip redis-py's per-send task, and a send
-the server does not take still times out and drops the connection. Real redis-server."""
+"""The client's connections: commands and pipelines skip redis-py's per-send task, a
+send the server does not take still times out and drops the connection, and a cluster
+client's nodes use the same connections. Real redis-server, and a real cluster."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.embedded_redis import RedisProcess
 from service.redis_conn import LeanConnection, connect
+from tests.cluster import RedisCluster
 
 
 @pytest.fixture
@@ -80,3 +82,24 @@ async def test_a_connection_the_server_closed_is_replaced(redis_url: str) -> Non
         await client.get("k")
     assert await client.get("k") == "v"
     await client.aclose()
+
+
+async def test_every_node_of_a_cluster_client_uses_lean_connections() -> None:
+    cluster = RedisCluster(masters=3).start()
+    client = connect(cluster.url)
+    try:
+        user_keys = [f"k{n}" for n in range(60)]  # slots on every master
+        for key in user_keys:
+            await client.set(key, key)
+        async with client.pipeline(transaction=False) as pipe:
+            for key in user_keys:
+                pipe.get(key)
+            assert await pipe.execute() == user_keys
+        nodes = client.get_nodes()
+        assert len(nodes) == 3
+        for node in nodes:
+            assert node._connections, node.name
+            assert all(type(c) is LeanConnection for c in node._connections), node.name
+    finally:
+        await client.aclose()
+        cluster.stop()
