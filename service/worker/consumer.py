@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -115,20 +115,15 @@ class GroupConsumer:
         start = "0" if self._own_pending_first else ">"
         async with self.blocking_redis.pipeline(transaction=False) as pipe:
             # The acks first: a read of this consumer's own pending list must not see them.
-            handled, self._handled = self._handled, {}
-            self._queue_acks(pipe, handled)
-            pipe.xreadgroup(
-                self.group,
-                self.consumer,
-                dict.fromkeys(self.streams, start),
-                count=COUNT,
-                block=None if self._own_pending_first else BLOCK_MS,
-            )
-            try:
+            with self._acks_in(pipe):
+                pipe.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    dict.fromkeys(self.streams, start),
+                    count=COUNT,
+                    block=None if self._own_pending_first else BLOCK_MS,
+                )
                 response = (await pipe.execute())[-1]
-            except BaseException:
-                self._hold(handled)  # acks are safe to send twice
-                raise
         read = {stream: entries for stream, entries in response or () if entries}
         if self._own_pending_first and not read:
             self._own_pending_first = False
@@ -158,23 +153,24 @@ class GroupConsumer:
         for stream, ids in handled.items():
             self._handled.setdefault(stream, []).extend(ids)
 
-    def _queue_acks(self, pipe: Any, handled: dict[str, list[str]]) -> None:
-        for stream, ids in handled.items():
-            if ids:
-                pipe.xack(stream, self.group, *ids)
-
-    async def ack(self) -> None:
-        """Ack now what was handled, instead of with the next read."""
+    @contextlib.contextmanager
+    def _acks_in(self, pipe: Any) -> Iterator[None]:
+        """Queue the held acks in `pipe`; if the block fails, hold them again (an XACK is
+        safe to send twice)."""
         handled, self._handled = self._handled, {}
-        if not handled:
-            return
+        for stream, ids in handled.items():
+            pipe.xack(stream, self.group, *ids)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self._queue_acks(pipe, handled)
-                await pipe.execute()
+            yield
         except BaseException:
             self._hold(handled)
             raise
+
+    async def ack(self) -> None:
+        """Ack now what was handled, instead of with the next read."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            with self._acks_in(pipe):
+                await pipe.execute()  # nothing queued: no round trip
 
     async def claim(self) -> None:
         """Take over entries a stalled consumer left pending; dead-letter the hopeless ones."""
