@@ -199,7 +199,6 @@ class WsConnection:
         while (bounds := _frame_at(buffer, offset)) is not None:
             first = buffer[offset]
             start, offset = bounds
-            size = offset - start
             payload = bytes(buffer[start:offset])
             opcode = first & 0x0F
             if opcode == _TEXT:
@@ -208,7 +207,8 @@ class WsConnection:
             elif opcode == _PING and self.transport is not None:
                 self.transport.write(_client_frame(_PONG, payload))
             elif opcode == _CLOSE:
-                self.close_code = struct.unpack_from("!H", payload)[0] if size >= 2 else 1005
+                # A close without a code reads as 1005 (RFC 6455 7.1.5).
+                self.close_code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
                 if self.transport is not None and not self.transport.is_closing():
                     self.transport.write(_client_frame(_CLOSE, payload[:2]))
                     self.transport.close()
