@@ -47,6 +47,8 @@ _T_SQL_LIST = metrics.sql_timer("get_list")
 
 _Opening = tuple[str, str, str, int]
 """A session to open: user, session id, node, the user's session cap (0: none)."""
+_Closing = tuple[str, str, str, int]
+"""A session to close: user, session id, node, milliseconds of grace before `offline`."""
 
 
 def now_ms() -> int:
@@ -72,6 +74,8 @@ class PresenceStore:
         # A command that fails for one user (a key of the wrong type, say) fails that
         # user's read only: the pipelines give its error as the user's value.
         self._opens: BulkReader[_Opening, int] = BulkReader(self._open_sessions, -1)
+        # Sessions that end together (a network cut, a node's stop) close in one pipeline.
+        self._closes: BulkReader[_Closing, int] = BulkReader(self._close_sessions, 0)
         self._redis_lists: BulkReader[str, list[str]] = BulkReader(self._lists_from_redis, [])
         self._redis_statuses: BulkReader[str, Status | None] = BulkReader(
             self._statuses_from_redis, None
@@ -102,6 +106,32 @@ class PresenceStore:
         for opening, code in zip(openings, codes, strict=True):
             failed = listing[opening[2]]
             found[opening] = failed if isinstance(failed, Exception) else code
+        return found
+
+    async def _close_sessions(self, closings: list[_Closing]) -> dict[_Closing, int | Exception]:
+        """Run `session_close.lua` for each closing, then take the sessions off their nodes'
+        lists; each closing's code (1: `offline` scheduled), or the error of its commands.
+        Both steps may run again: a session closed twice changes nothing."""
+        at = now_ms()
+        listed: dict[str, list[str]] = {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user, session, node, grace_ms in closings:
+                k = self.keys(user)
+                await self.scripts.session_close(
+                    keys=[k.status, k.sessions, k.due],
+                    args=[user, session, at + grace_ms],
+                    client=pipe,
+                )
+                listed.setdefault(node, []).append(f"{session} {user}")
+            for node, members in listed.items():
+                pipe.srem(keys.node_sessions(node), *members)
+            results = await pipe.execute(raise_on_error=False)
+        codes = results[: len(closings)]
+        unlisting = dict(zip(listed, results[len(closings) :], strict=True))
+        found: dict[_Closing, int | Exception] = {}
+        for closing, code in zip(closings, codes, strict=True):
+            failed = unlisting[closing[2]]
+            found[closing] = failed if isinstance(failed, Exception) else code
         return found
 
     async def _lists_from_redis(self, owners: list[str]) -> dict[str, list[str] | Exception]:
@@ -263,13 +293,8 @@ class PresenceStore:
 
     async def close_session(self, user: str, session: str, node: str, grace_s: float) -> None:
         """Deregister a session; the last one schedules `offline` after `grace_s`."""
-        k = self.keys(user)
-        due_at = now_ms() + int(grace_s * 1000)
         with _T_SESSION_CLOSE.time():
-            await self.scripts.session_close(
-                keys=[k.status, k.sessions, k.due], args=[user, session, due_at]
-            )
-        await self.redis.srem(keys.node_sessions(node), f"{session} {user}")
+            await self._closes.get((user, session, node, int(grace_s * 1000)))
 
     async def offline_due(self, shard: int, limit: int = 500) -> int:
         """Turn offline the shard's users whose grace ran out; return how many went offline."""

@@ -17,7 +17,7 @@ from service import keys
 from service.config import Settings
 from service.events import status_from_hash
 from service.node.interest import InterestRegistry
-from service.presence import PresenceStore
+from service.presence import PresenceStore, now_ms
 from service.redis_conn import connect
 from service.storage import Database
 from service.worker.fanout import Fanout
@@ -131,6 +131,41 @@ async def test_opens_list_their_sessions_in_one_sadd_and_a_broken_set_fails_them
         *(store.open_session(u, f"x-{u}", "node-x") for u in USERS[:3]), return_exceptions=True
     )
     assert all(isinstance(r, ResponseError) for r in refused), refused
+
+
+async def test_sessions_closing_together_share_one_pipeline(
+    store: PresenceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    run = store._close_sessions
+
+    async def counted(closings: list[Any]) -> Any:
+        batches.append(len(closings))
+        return await run(closings)
+
+    monkeypatch.setattr(store._closes, "_fetch", counted)
+    sessions = [(u, f"s-{u}") for u in USERS] + [("r0", "t-r0")]
+    assert all(await asyncio.gather(*(store.open_session(u, s, "node-c") for u, s in sessions)))
+    await store.redis.delete(store.keys("r5").sessions)
+    await store.redis.set(store.keys("r5").sessions, "not a hash")  # WRONGTYPE for r5 only
+    before = now_ms()
+    closed = await asyncio.gather(
+        *(store.close_session(u, s, "node-c", 30.0) for u, s in sessions[:-1]),
+        return_exceptions=True,
+    )
+    assert batches == [len(USERS)]  # one pipeline, not a round trip or two each
+    assert isinstance(closed[5], ResponseError) and "WRONGTYPE" in str(closed[5])
+    assert [c for n, c in enumerate(closed) if n != 5] == [None] * (len(USERS) - 1)
+    # r0 keeps its other session; every other user's last one schedules its `offline`.
+    assert await store.redis.hkeys(store.keys("r0").sessions) == ["t-r0"]
+    due = {u: await store.redis.zscore(store.keys(u).due, u) for u in USERS}
+    assert due["r0"] is None and due["r5"] is None
+    for user in USERS[1:5] + USERS[6:]:
+        assert before + 30_000 <= due[user] <= now_ms() + 30_000
+    assert await store.redis.smembers(keys.node_sessions("node-c")) == {"t-r0 r0"}
+    # Closed again (a retry after a lost reply): nothing changes.
+    await store.close_session("r1", "s-r1", "node-c", 60.0)
+    assert await store.redis.zscore(store.keys("r1").due, "r1") == due["r1"]
 
 
 async def test_fanout_sends_a_list_event_to_the_nodes_of_its_owners_sessions(
