@@ -150,6 +150,10 @@ class Hub:
     async def close(self, session: Session) -> None:
         """Forget the session; its user's last session schedules offline after the grace."""
         if self.sessions.pop(session.id, None) is None:
+            if session.closed:
+                # Closed already: the node's stop closes every session, then each
+                # session's handler ends and closes it again.
+                return
             # Registered in Redis before the upgrade, never indexed here.
             session.closed = True
             await self._deregister(session)
@@ -235,7 +239,27 @@ class Hub:
                 self.offer(status.watcher_item(), status.life)
 
     def _unwatch(self, session: Session, subjects: Iterable[str]) -> None:
-        dropped = [subject for subject in subjects if self._remove_watcher(subject, session)]
+        """Forget `session` as a watcher of `subjects`; drop the interest of those it was the
+        last local watcher of. One loop, no call a subject: a closing session leaves 50 of
+        them on average, and 10,000 sessions may close together."""
+        watchers, latest = self.watchers, self.latest
+        dropped = []
+        for subject in subjects:
+            watching = watchers.get(subject)
+            if watching is None:
+                continue
+            if isinstance(watching, dict):
+                watching.pop(session, None)
+            else:
+                # Not contextlib.suppress: its context manager tripled this loop's cost.
+                try:  # noqa: SIM105
+                    watching.remove(session)
+                except ValueError:
+                    pass
+            if not watching:
+                del watchers[subject]
+                latest.pop(subject, None)
+                dropped.append(subject)
         if dropped:
             self.interest.remove(dropped)
 
@@ -252,22 +276,6 @@ class Hub:
         else:
             self.watchers[subject] = dict.fromkeys([*watching, session])
         return False
-
-    def _remove_watcher(self, subject: str, session: Session) -> bool:
-        """Forget `session` as a watcher of `subject`; True if it was the last one."""
-        watching = self.watchers.get(subject)
-        if watching is None:
-            return False
-        if isinstance(watching, dict):
-            watching.pop(session, None)
-        else:
-            with contextlib.suppress(ValueError):
-                watching.remove(session)
-        if watching:
-            return False
-        del self.watchers[subject]
-        self.latest.pop(subject, None)
-        return True
 
     # ----- delivery --------------------------------------------------------------------
 

@@ -94,8 +94,9 @@ async def test_watchers_are_a_list_up_to_a_chunk_and_a_dict_beyond() -> None:
     small.hub._add_watcher(CELEBRITY, extra)
     assert small.hub.watchers[CELEBRITY] == dict.fromkeys([*sessions, extra])
     for session in [extra, *sessions[:-1]]:
-        assert not small.hub._remove_watcher(CELEBRITY, session)
-    assert small.hub._remove_watcher(CELEBRITY, sessions[-1])
+        small.hub._unwatch(session, [CELEBRITY])
+        assert CELEBRITY in small.hub.watchers
+    small.hub._unwatch(sessions[-1], [CELEBRITY])
     assert CELEBRITY not in small.hub.watchers
     await small.close()
 
@@ -103,8 +104,9 @@ async def test_watchers_are_a_list_up_to_a_chunk_and_a_dict_beyond() -> None:
 async def test_a_small_watcher_list_forgets_only_the_session_that_left() -> None:
     small = Node(3)
     first, second, third = small.sockets
-    assert not small.hub._remove_watcher(CELEBRITY, second)
-    assert not small.hub._remove_watcher(CELEBRITY, second)  # twice: nothing more
+    small.hub._unwatch(second, [CELEBRITY])
+    small.hub._unwatch(second, [CELEBRITY])  # twice: nothing more
+    assert small.hub.watchers[CELEBRITY] == [first, third]
     small.hub.offer(status(1), 0)
     await small.settle()
     assert [small.versions(s) for s in (first, second, third)] == [[1], [], [1]]
