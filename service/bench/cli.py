@@ -80,8 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--find-capacity",
         action="store_true",
         help="after the steady phase, raise the rate 1.5x a step until p99 passes "
-        "--p99-target-ms (halve it while no step has held); with celebrity changes, "
-        "search again without them",
+        "--p99-target-ms (halve it while no step has held), then halve the gap between "
+        "the best rate held and the lowest missed until it is within 10%%; with celebrity "
+        "changes, search again without them",
     )
     load.add_argument(
         "--step-seconds", type=float, default=10.0, help="capacity step length (default 10)"

@@ -413,7 +413,8 @@ def render_docs(results: Results, notes: str) -> str:
         "",
         "`buddycast bench --help` lists every option; `--target URL` drives a running "
         "deployment instead of starting one, `--find-capacity` steps the rate up until "
-        "p99 passes the target, with the steady phase's celebrity changes and then "
+        "p99 passes the target and then narrows the gap between the best rate held and "
+        "the lowest missed to 10%, with the steady phase's celebrity changes and then "
         "without them (the celebrity's burst does not grow with the rate).",
         "",
     ]

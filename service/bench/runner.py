@@ -20,6 +20,7 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 
 from service.bench import report
+from service.bench.capacity import RateSearch
 from service.bench.client import ChildConfig, Message, child_main
 from service.bench.deploy import Deployment, SetupError
 from service.bench.graph import Graph, import_lines
@@ -600,15 +601,13 @@ class Bench:
         pool = self._pool()
         c = self.config
         steps: list[dict[str, Any]] = []
-        held: float | None = None
-        stopped = "max steps reached"
-        rate = c.rate
-        descending = False
+        search = RateSearch(c.rate, MIN_CAPACITY_RATE)
         # The per-user limit is 5/s; round-robin keeps each user at rate/users a second.
         ceiling = 4.0 * max(1, self.graph.users - 1)
         for _ in range(c.max_steps):
+            rate = search.rate
             if rate > ceiling:
-                stopped = f"rate above {ceiling:g}/s would trip the per-user rate limit"
+                search.stopped = f"rate above {ceiling:g}/s would trip the per-user rate limit"
                 break
             self.monitor.extra = f"capacity step {rate:,.0f}/s" + (
                 "" if celebrity_every else ", no celebrity changes"
@@ -616,12 +615,9 @@ class Bench:
             phase = self._send_phase(rate, c.step_seconds, celebrity_every)
             check = self._verify()
             p99 = phase["latency_ms"]["p99"]
-            ok = (
-                p99 is not None
-                and p99 <= c.p99_target_ms
-                and check["missing"] == 0
-                and phase["rate_achieved"] >= 0.9 * rate
-            )
+            sent_enough = phase["rate_achieved"] >= 0.9 * rate
+            ok = p99 is not None and p99 <= c.p99_target_ms and check["missing"] == 0
+            ok = ok and sent_enough
             steps.append(
                 {
                     "rate": round(rate, 1),
@@ -637,31 +633,22 @@ class Bench:
                     "held": ok,
                 }
             )
-            if not ok and held is None and rate / 2 >= MIN_CAPACITY_RATE:
-                # Not even the first rate held: halve it until one does.
-                descending = True
-                rate /= 2
-                pool.until_quiet(min_s=1.0)
-                continue
+            if not sent_enough:
+                why = "the load generator could not send at this rate"
+            elif check["missing"]:
+                why = "missing deliveries at the end of the step"
+            else:
+                why = f"p99 above {c.p99_target_ms:g} ms"
+            if search.record(ok, why) is None:
+                break
             if not ok:
-                if phase["rate_achieved"] < 0.9 * rate:
-                    stopped = "the load generator could not send at this rate"
-                elif check["missing"]:
-                    stopped = "missing deliveries at the end of the step"
-                else:
-                    stopped = f"p99 above {c.p99_target_ms:g} ms"
-                break
-            held = rate
-            if descending:
-                stopped = f"the next rate up, {rate * 2:g}/s, missed"
-                break
-            rate *= 1.5
+                pool.until_quiet(min_s=1.0)  # a missed step may leave a backlog
         pool.until_quiet(min_s=1.0)
         return {
             "celebrity_every": celebrity_every,
             "steps": steps,
-            "max_rate_held": held,
-            "stopped_because": stopped,
+            "max_rate_held": search.held,
+            "stopped_because": search.stopped,
         }
 
     # ----- results --------------------------------------------------------------------
