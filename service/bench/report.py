@@ -88,6 +88,20 @@ def _search(search: dict[str, Any]) -> str:
     return f"{_held(search['max_rate_held'])} ({steps}; stopped: {search['stopped_because']})"
 
 
+def _disconnect(disconnect: dict[str, Any], servers: Any) -> str:
+    """The mass disconnect: how long deregistering took, and the nodes' CPU for it."""
+    text = (
+        f"{disconnect['sessions']:,} sessions dropped at once (every client process exits): "
+        f"deregistered in {disconnect['seconds']:.1f} s"
+    )
+    if disconnect["left"]:
+        text += f", {disconnect['left']:,} still registered when the bench stopped waiting"
+    if isinstance(servers, list):
+        nodes = [s["cpu_s"].get("disconnect", 0.0) for s in servers if s["role"] == "node"]
+        text += ", node CPU " + " / ".join(f"{cpu:.1f}" for cpu in nodes) + " s"
+    return text
+
+
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
     if value is None:
         return "n/a"
@@ -249,6 +263,9 @@ def result_rows(results: Results) -> list[tuple[str, str]]:
                 ("capacity without celebrity changes", _search(capacity["without_celebrity"]))
             )
     servers = results["servers"]
+    disconnect = results.get("disconnect")
+    if disconnect:
+        rows.append(("disconnect", _disconnect(disconnect, servers)))
     if isinstance(servers, list):
         for s in servers:
             value = (
@@ -323,7 +340,7 @@ def notes_section(existing: str) -> str:
 def _cpu_table(results: Results) -> str:
     """CPU seconds per process and phase, with the cores that makes over the phase's wall time."""
     wall: dict[str, float] = results.get("phase_seconds", {})
-    phases = [p for p in ("import", "connect", "steady", "capacity") if p in wall]
+    phases = [p for p in ("import", "connect", "steady", "capacity", "disconnect") if p in wall]
 
     def cell(cpu: dict[str, float], phase: str) -> str:
         used = cpu.get(phase, 0.0)
@@ -391,7 +408,9 @@ def render_docs(results: Results, notes: str) -> str:
         "process one after another on the cores the service uses, and the line after "
         "gives the same latencies to its reads. `missing` counts (watcher session, "
         "subject) pairs whose last seen version is below the subject's last acknowledged "
-        "version after the settle period; a snapshot counts as seen.",
+        "version after the settle period; a snapshot counts as seen. `disconnect` runs "
+        "from the bench telling its client processes to exit to the moment no node lists "
+        "a session in Redis.",
         "",
         "## Targets vs measured",
         "",

@@ -18,14 +18,16 @@ from typing import Any
 
 import aiohttp
 import psutil  # type: ignore[import-untyped]
+import redis
 
+from service import keys
 from service.bench import report
 from service.bench.capacity import RateSearch
 from service.bench.client import ChildConfig, Message, child_main
 from service.bench.deploy import Deployment, SetupError
 from service.bench.graph import Graph, import_lines
 
-PHASES = ("import", "connect", "steady", "capacity")
+PHASES = ("import", "connect", "steady", "capacity", "disconnect")
 IMPORT_CHUNK = 64 * 1024
 STOP_TIMEOUT_S = 15.0
 QUIET_S = 1.5
@@ -386,6 +388,7 @@ class Bench:
         self.results["steady"], self.results["correctness"] = self._steady()
         self.results["capacity"] = self._capacity() if c.find_capacity else None
         self.monitor.end(self.pool.client_cpu())
+        self.results["disconnect"] = self._disconnect()
         self.pool.stop()
         self.results["servers"] = self._servers(rss_before, rss_after)
         self.results["client"] = self._client()
@@ -650,6 +653,31 @@ class Bench:
             "max_rate_held": search.held,
             "stopped_because": search.stopped,
         }
+
+    def _disconnect(self) -> dict[str, Any] | None:
+        """Every client process exits at once, and each node loses its sessions together,
+        as in a network cut: the time until the nodes have deregistered them all. Only for
+        a deployment the bench started (it reads the nodes' session lists in Redis)."""
+        deployment = self.deployment
+        if deployment is None or deployment.redis is None:
+            return None
+        pool = self._pool()
+        lists = [keys.node_sessions(p.node_id) for p in deployment.processes if p.role == "node"]
+        client = redis.Redis.from_url(deployment.redis.url, socket_timeout=5)
+        try:
+            registered = left = sum(client.scard(k) for k in lists)
+            self.monitor.begin("disconnect", pool.client_cpu())
+            started = time.monotonic()
+            pool.stop()
+            while left and time.monotonic() - started < MAX_QUIET_WAIT_S:
+                time.sleep(0.02)
+                left = sum(client.scard(k) for k in lists)
+                self.monitor.tick()
+            seconds = time.monotonic() - started
+            self.monitor.end(pool.client_cpu())
+        finally:
+            client.close()
+        return {"sessions": registered, "seconds": round(seconds, 2), "left": left}
 
     # ----- results --------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ RESULT_FIELDS = [
     "steady.deliveries",
     "steady.deliveries_per_s",
     "correctness.missing",
+    "disconnect.seconds",
     "correctness.checked",
     "correctness.regressions",
     "client.procs",
@@ -113,6 +114,10 @@ def test_tiny_bench_runs_clean_and_reports_every_field(tmp_path: Path) -> None:
         assert all(step["p99_ms"] is not None for step in search["steps"])
     assert all(step["celebrity_p99_ms"] is None for step in plain["steps"])
     assert capacity["final_missing"] == 0 and capacity["final_checked"] > 0
+    # Every session dropped at once; the nodes deregistered them all.
+    assert results["disconnect"]["sessions"] == 200 and results["disconnect"]["left"] == 0
+    assert results["disconnect"]["seconds"] > 0
+    assert all(s["cpu_s"]["disconnect"] > 0 for s in nodes)
     (row,) = [t for t in results["targets"] if t["name"] == "capacity"]
     assert "without celebrity changes" in row["measured"]
 
@@ -125,6 +130,7 @@ def test_tiny_bench_runs_clean_and_reports_every_field(tmp_path: Path) -> None:
         assert heading in written
     assert "make bench" in written
     assert "| capacity without celebrity changes |" in written
+    assert "| disconnect | 200 sessions dropped at once" in written
     assert written.rstrip().endswith("## Notes\n\n- 2026-01-01: kept by hand")
     assert "old figures" not in written
 
