@@ -45,14 +45,35 @@ _T_SQL_STATUSES = metrics.sql_timer("get_statuses")
 _T_SQL_LIST = metrics.sql_timer("get_list")
 
 
-_Opening = tuple[str, str, str, int]
+_SessionCall = tuple[str, str, str, int]
+"""A session script to run for a session: user, session id, node, and one number."""
+_Opening = _SessionCall
 """A session to open: user, session id, node, the user's session cap (0: none)."""
-_Closing = tuple[str, str, str, int]
+_Closing = _SessionCall
 """A session to close: user, session id, node, milliseconds of grace before `offline`."""
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _node_lists(sessions: Iterable[_SessionCall]) -> dict[str, list[str]]:
+    """The members ("session user") each node's session list gains or loses."""
+    listed: dict[str, list[str]] = {}
+    for user, session, node, _ in sessions:
+        listed.setdefault(node, []).append(f"{session} {user}")
+    return listed
+
+
+def _codes(
+    sessions: Sequence[_SessionCall], codes: Sequence[Any], listing: dict[str, Any]
+) -> dict[_SessionCall, int | Exception]:
+    """Each session's script code, or its error, or the error of its node's list command."""
+    found: dict[_SessionCall, int | Exception] = {}
+    for call, code in zip(sessions, codes, strict=True):
+        failed = listing[call[2]]
+        found[call] = failed if isinstance(failed, Exception) else code
+    return found
 
 
 class PresenceStore:
@@ -86,9 +107,7 @@ class PresenceStore:
         at the cap). The node lists each session first: if the node dies right after, the
         reaper closes it (closing a session never opened does nothing)."""
         at = now_ms()
-        listed: dict[str, list[str]] = {}
-        for user, session, node, _ in openings:
-            listed.setdefault(node, []).append(f"{session} {user}")
+        listed = _node_lists(openings)
         async with self.redis.pipeline(transaction=False) as pipe:
             for node, members in listed.items():
                 pipe.sadd(keys.node_sessions(node), *members)
@@ -101,38 +120,27 @@ class PresenceStore:
                 )
             results = await pipe.execute(raise_on_error=False)
         listing = dict(zip(listed, results[: len(listed)], strict=True))
-        codes = results[len(listed) :]
-        found: dict[_Opening, int | Exception] = {}
-        for opening, code in zip(openings, codes, strict=True):
-            failed = listing[opening[2]]
-            found[opening] = failed if isinstance(failed, Exception) else code
-        return found
+        return _codes(openings, results[len(listed) :], listing)
 
     async def _close_sessions(self, closings: list[_Closing]) -> dict[_Closing, int | Exception]:
         """Run `session_close.lua` for each closing, then take the sessions off their nodes'
-        lists; each closing's code (1: `offline` scheduled), or the error of its commands.
-        Both steps may run again: a session closed twice changes nothing."""
+        lists; each closing's code (1: `offline` scheduled). Both steps may run again: a
+        session closed twice changes nothing."""
         at = now_ms()
-        listed: dict[str, list[str]] = {}
+        listed = _node_lists(closings)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for user, session, node, grace_ms in closings:
+            for user, session, _, grace_ms in closings:
                 k = self.keys(user)
                 await self.scripts.session_close(
                     keys=[k.status, k.sessions, k.due],
                     args=[user, session, at + grace_ms],
                     client=pipe,
                 )
-                listed.setdefault(node, []).append(f"{session} {user}")
             for node, members in listed.items():
                 pipe.srem(keys.node_sessions(node), *members)
             results = await pipe.execute(raise_on_error=False)
-        codes = results[: len(closings)]
         unlisting = dict(zip(listed, results[len(closings) :], strict=True))
-        found: dict[_Closing, int | Exception] = {}
-        for closing, code in zip(closings, codes, strict=True):
-            failed = unlisting[closing[2]]
-            found[closing] = failed if isinstance(failed, Exception) else code
-        return found
+        return _codes(closings, results[: len(closings)], unlisting)
 
     async def _lists_from_redis(self, owners: list[str]) -> dict[str, list[str] | Exception]:
         return await self.read_each("SMEMBERS", owners, lambda k: k.list)
