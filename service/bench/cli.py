@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from service.bench import report
+from service.bench import floor, report
 from service.bench.client import raise_nofile_limit
 from service.bench.deploy import Deployment, SetupError, redis_version
 from service.bench.graph import generate, user_name
@@ -222,6 +222,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"(mean list {sum(sizes) / len(sizes):.1f}, max {max(sizes)}) "
             f"in {time.monotonic() - started:.1f} s"
         )
+        # Measured while nothing else of the run is up.
+        costs = floor.measure()
+        _say(_costs_line(costs))
         if config.target is None:
             workdir = Path(tempfile.mkdtemp(prefix="buddycast-bench-"))
             _say(f"starting redis, {config.nodes} node(s), {config.workers} worker(s) in {workdir}")
@@ -252,7 +255,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             {
                 "started_at": started_at,
                 "command": shlex.join(["buddycast", *sys.argv[1:]]),
-                "machine": report.machine_info(redis),
+                "machine": {**report.machine_info(redis), **costs},
                 "params": config.params(),
                 "graph": {
                     "users": graph.users,
@@ -264,6 +267,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "workdir": str(workdir) if keep and workdir else None,
             }
         )
+        results["celebrity_floor"] = report.celebrity_floor(results)
         results["targets"] = report.targets(results)
         code = EXIT_INCORRECT if _incorrect(results) else EXIT_OK
         results["exit_code"] = code
@@ -304,6 +308,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if code == EXIT_INCORRECT:
         _say("correctness FAILED: " + "; ".join(_incorrect(results)))
     return code
+
+
+def _costs_line(costs: dict[str, Any]) -> str:
+    loopback = costs["loopback"]
+    sockets = (
+        f"a loopback frame written in {loopback['write_us']:.1f} µs, read in "
+        f"{loopback['read_us']:.1f} µs"
+        if loopback is not None
+        else f"loopback not measured ({costs['loopback_error']})"
+    )
+    return f"this machine: {sockets}; Python reference {costs['python_reference_ms']:.1f} ms"
 
 
 def _incorrect(results: dict[str, Any]) -> list[str]:

@@ -55,6 +55,11 @@ RESULT_FIELDS = [
     "machine.cores",
     "machine.python",
     "machine.redis",
+    "machine.python_reference_ms",
+    "machine.loopback.write_us",
+    "machine.loopback.read_us",
+    "celebrity_floor.node_writes_ms",
+    "celebrity_floor.cores_ms",
     "params.users",
     "graph.edges",
 ]
@@ -131,6 +136,8 @@ def test_tiny_bench_runs_clean_and_reports_every_field(tmp_path: Path) -> None:
     assert "make bench" in written
     assert "| capacity without celebrity changes |" in written
     assert "| disconnect | 200 sessions dropped at once" in written
+    assert "| loopback frame (" in written and "| Python reference |" in written
+    assert "| socket floor of a celebrity change | 199 frames written" in written
     assert written.rstrip().endswith("## Notes\n\n- 2026-01-01: kept by hand")
     assert "old figures" not in written
 
