@@ -438,7 +438,7 @@ def render_docs(results: Results, notes: str) -> str:
         machine_rows.append(
             (
                 "Python reference",
-                f"{machine['python_reference_ms']:.1f} ms (fixed work, best of "
+                f"{machine['python_reference_ms']:.1f} ms (fixed work, median of "
                 f"{PYTHON_REFERENCE_REPEAT}; lower is faster)",
             )
         )
