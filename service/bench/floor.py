@@ -14,17 +14,15 @@ import contextlib
 import socket
 import statistics
 import struct
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from service.bench.wsclient import ANCILLARY_SIZE, stamp_arrivals
 from service.protocol import encode_item, framed_status
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
-_ANCILLARY_SIZE = socket.CMSG_SPACE(struct.calcsize("@ll"))
 PYTHON_REFERENCE_REPEAT = 9
 WARM_UP_S = 0.5
 _LINGER_ABORT = struct.pack("ii", 1, 0)  # close with a reset: no TIME_WAIT left behind
@@ -61,10 +59,7 @@ def _loopback_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
                     raise
                 pairs.append((server, client))
                 server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if SO_TIMESTAMPNS is not None:
-                    with contextlib.suppress(OSError):
-                        client.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                stamp_arrivals(client)
         except BaseException:
             _close(pairs)
             raise
@@ -97,7 +92,7 @@ def loopback_costs(pairs: int = 5000, rounds: int = 5) -> dict[str, Any]:
             writes.append(time.perf_counter() - started)
             started = time.perf_counter()
             for _server, client in connections:
-                size, _, _, _ = client.recvmsg_into([view], _ANCILLARY_SIZE)
+                size, _, _, _ = client.recvmsg_into([view], ANCILLARY_SIZE)
                 if size != len(frame):
                     raise RuntimeError(f"read {size} bytes of a {len(frame)}-byte frame")
             reads.append(time.perf_counter() - started)

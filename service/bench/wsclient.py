@@ -35,7 +35,8 @@ SOURCE_ADDRESSES = 16
 # carries the time its last packet reached the socket, as a native struct timespec.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
 _TIMESPEC = struct.Struct("@ll")
-_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+"""Room for the arrival stamp a read of a socket set up by `stamp_arrivals` carries."""
 READ_SIZE = 256 * 1024
 _read_buffer = bytearray(READ_SIZE)  # one process, one loop: reads never overlap
 _read_view = memoryview(_read_buffer)
@@ -254,6 +255,15 @@ def loopback_sources(url: str, count: int = SOURCE_ADDRESSES) -> list[str]:
     return [f"127.0.0.{n}" for n in range(2, 2 + count)]
 
 
+def stamp_arrivals(sock: socket.socket) -> None:
+    """Set up `sock` as the generator's: no Nagle delay, and each read stamped with the time
+    its bytes arrived where the system can (without, reads carry no time)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if SO_TIMESTAMPNS is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
 class StampedTransport:
     """A connected socket read with the kernel's arrival time of its bytes, for `protocol`.
 
@@ -269,16 +279,13 @@ class StampedTransport:
         self._out = bytearray()
         self._closing = False
         self._lost = False
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if SO_TIMESTAMPNS is not None:
-            with contextlib.suppress(OSError):  # without stamps, reads carry no time
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        stamp_arrivals(sock)
         protocol.connection_made(self)
         self._loop.add_reader(self._fd, self._read)
 
     def _read(self) -> None:
         try:
-            size, ancillary, _, _ = self._sock.recvmsg_into([_read_view], _ANCILLARY_SIZE)
+            size, ancillary, _, _ = self._sock.recvmsg_into([_read_view], ANCILLARY_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
