@@ -136,7 +136,10 @@ def _timed(work: Callable[[], None]) -> float:
 def measure(pairs: int = 5000) -> dict[str, Any]:
     """This machine's costs for `results["machine"]`; the loopback ones are None when this
     process may not open enough sockets."""
-    costs: dict[str, Any] = {"python_reference_ms": python_reference_ms()}
+    costs: dict[str, Any] = {
+        "python_reference_ms": python_reference_ms(),
+        "python_reference_repeat": PYTHON_REFERENCE_REPEAT,
+    }
     try:
         costs["loopback"] = loopback_costs(pairs)
     except OSError as exc:

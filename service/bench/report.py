@@ -13,8 +13,6 @@ from typing import Any
 import orjson
 import psutil  # type: ignore[import-untyped]
 
-from service.bench.floor import PYTHON_REFERENCE_REPEAT
-
 Results = dict[str, Any]
 NOTES_HEADING = "## Notes"
 
@@ -439,7 +437,7 @@ def render_docs(results: Results, notes: str) -> str:
             (
                 "Python reference",
                 f"{machine['python_reference_ms']:.1f} ms (fixed work, median of "
-                f"{PYTHON_REFERENCE_REPEAT}; lower is faster)",
+                f"{machine['python_reference_repeat']}; lower is faster)",
             )
         )
     param_rows = [(k, "—" if v is None else f"`{v}`") for k, v in params.items()]

@@ -56,6 +56,7 @@ RESULT_FIELDS = [
     "machine.python",
     "machine.redis",
     "machine.python_reference_ms",
+    "machine.python_reference_repeat",
     "machine.loopback.write_us",
     "machine.loopback.read_us",
     "celebrity_floor.node_writes_ms",
