@@ -144,3 +144,11 @@ async def test_what_the_socket_does_not_take_goes_out_before_the_close() -> None
     server_side.close()
     listener.close()
     assert received == payload and lost == [None]
+
+
+async def test_a_connect_nobody_answers_fails_with_the_systems_error() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        await wsclient.connect(f"http://127.0.0.1:{port}/ws", lambda _conn: None, 5.0)
