@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 REDIS_DOWN: tuple[type[Exception], ...] = (
     RedisConnectionError,
@@ -92,9 +92,11 @@ def _use_lean_connections(cluster: RedisCluster) -> None:
 def connect(url: str, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
     """A client for `url`; `socket_timeout_s` must exceed any BLOCK the client issues."""
     parts = urlsplit(url)
-    # Few quick retries: a caller that still fails reports `unavailable` and lets the
-    # client retry, rather than stalling a request for the library's default minute.
-    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
+    # No retries inside the library: a caller that fails reports `unavailable` and lets
+    # the client retry, or retries with its own backoff, rather than stalling a request
+    # (and resending a script that may have run). Up to redis-py 8.1 the synchronous
+    # Retry given here before retried nothing in an asyncio client; 8.2 made it retry.
+    retry = Retry(NoBackoff(), retries=0)
     common: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": socket_timeout_s,
