@@ -82,9 +82,12 @@ class RedisProcess:
             "--logfile", str(Path(self.data_dir) / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
+        # A session of its own: a terminal's Ctrl-C goes to the whole foreground process
+        # group, and the server must outlive the service's shutdown, which stops it last.
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
-        )
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +100,43 @@ async def test_run_starts_everything_with_nothing_configured(tmp_path, redis_fro
     output = log_path.read_text()
     assert proc.returncode == 0, output
     assert f"http://127.0.0.1:{port}" in output and key in output
+
+
+async def test_ctrl_c_stops_the_service_before_its_private_redis(tmp_path) -> None:
+    """A terminal's Ctrl-C reaches the whole foreground process group: the private
+    redis-server must outlive the worker's last batch and then be stopped, not orphaned."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server on PATH")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDYCAST_")}
+    env["BUDDYCAST_PORT"] = str(port)
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for off the loop
+            [sys.executable, "-m", "service", "run"], cwd=tmp_path, env=env,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a group of its own, as a shell gives a foreground job
+        )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(150):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as reply:
+                        if reply.status == 200:
+                            break
+                assert proc.poll() is None, log_path.read_text()
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("not ready")
+        os.killpg(proc.pid, signal.SIGINT)
+        await asyncio.to_thread(proc.wait, 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log_path.read_text()
+    assert proc.returncode == 0, output
+    assert "WARNING" not in output, output
+    redis_port = int(output.split("private redis-server on port ")[1].split()[0])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
