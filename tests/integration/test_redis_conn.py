@@ -86,20 +86,22 @@ async def test_a_connection_the_server_closed_is_replaced(redis_url: str) -> Non
 
 async def test_every_node_of_a_cluster_client_uses_lean_connections() -> None:
     cluster = RedisCluster(masters=3).start()
-    client = connect(cluster.url)
     try:
-        user_keys = [f"k{n}" for n in range(60)]  # slots on every master
-        for key in user_keys:
-            await client.set(key, key)
-        async with client.pipeline(transaction=False) as pipe:
+        client = connect(cluster.url)
+        try:
+            user_keys = [f"k{n}" for n in range(60)]  # slots on every master
             for key in user_keys:
-                pipe.get(key)
-            assert await pipe.execute() == user_keys
-        nodes = client.get_nodes()
-        assert len(nodes) == 3
-        for node in nodes:
-            assert node._connections, node.name
-            assert all(type(c) is LeanConnection for c in node._connections), node.name
+                await client.set(key, key)
+            async with client.pipeline(transaction=False) as pipe:
+                for key in user_keys:
+                    pipe.get(key)
+                assert await pipe.execute() == user_keys
+            nodes = client.get_nodes()
+            assert len(nodes) == 3
+            for node in nodes:
+                assert node._connections, node.name
+                assert all(type(c) is LeanConnection for c in node._connections), node.name
+        finally:
+            await client.aclose()
     finally:
-        await client.aclose()
         cluster.stop()
