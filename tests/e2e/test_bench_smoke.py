@@ -123,7 +123,9 @@ def test_tiny_bench_runs_clean_and_reports_every_field(tmp_path: Path) -> None:
     # Every session dropped at once; the nodes deregistered them all.
     assert results["disconnect"]["sessions"] == 200 and results["disconnect"]["left"] == 0
     assert results["disconnect"]["seconds"] > 0
-    assert all(s["cpu_s"]["disconnect"] > 0 for s in nodes)
+    # The kernel charges CPU a clock tick (10 ms) at a time, and dropping 100 sessions can
+    # take less than that on a fast machine: the phase's figure is reported, maybe 0.
+    assert all(s["cpu_s"]["disconnect"] >= 0 for s in nodes)
     (row,) = [t for t in results["targets"] if t["name"] == "capacity"]
     assert "without celebrity changes" in row["measured"]
 
