@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import hiredis
+from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -15,11 +16,26 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# A cluster answers CLUSTERDOWN or TRYAGAIN while a master's slots have none, and the
+# client finds no node for a slot, or (redis-py 8) none it can reach: Redis is down
+# for those keys, as when a single server is.
+_CLUSTER_DOWN = tuple(
+    getattr(redis_errors, name)
+    for name in (
+        "ClusterDownError",
+        "TryAgainError",
+        "SlotNotCoveredError",
+        "RedisClusterUnreachableError",
+    )
+    if hasattr(redis_errors, name)
+)
+
 REDIS_DOWN: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
     OSError,
+    *_CLUSTER_DOWN,
 )
 """Exceptions that mean Redis is unreachable right now (answered as `unavailable`)."""
 

@@ -73,7 +73,44 @@ class RedisCluster:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         self.wait_ok()
+        self._wait_replicas_synced()
         return self
+
+    def _wait_replicas_synced(self, timeout_s: float = 30.0) -> None:
+        """Until every replica has its master's data: one that never synced refuses to
+        take over (its data counts as too old), and the slots stay down for good."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            links = []
+            for node in self.nodes:
+                with redis.Redis(port=node.port) as client:
+                    info = client.info("replication")
+                if info["role"] == "slave":
+                    links.append(info.get("master_link_status") == "up")
+            if all(links):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("replicas did not sync with their masters")
+
+    def wait_failed_over(self, dead: RedisProcess, timeout_s: float = 30.0) -> None:
+        """Until every live node is ok and none lists `dead` as the master of a slot."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            settled = []
+            for node in self.nodes:
+                if node.process is None:
+                    continue
+                try:
+                    with redis.Redis(port=node.port) as client:
+                        ok = client.cluster("info").get("cluster_state") == "ok"
+                        masters = {int(m[1]) for _, _, m, *_ in client.cluster("slots")}
+                    settled.append(ok and dead.port not in masters)
+                except redis.RedisError:
+                    settled.append(False)
+            if settled and all(settled):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"no replica took over from port {dead.port}")
 
     def wait_ok(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
