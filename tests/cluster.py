@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -79,40 +80,28 @@ class RedisCluster:
     def _wait_replicas_synced(self, timeout_s: float = 30.0) -> None:
         """Until every replica has its master's data: one that never synced refuses to
         take over (its data counts as too old), and the slots stay down for good."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            links = []
-            for node in self.nodes:
-                with redis.Redis(port=node.port) as client:
-                    info = client.info("replication")
-                if info["role"] == "slave":
-                    links.append(info.get("master_link_status") == "up")
-            if all(links):
-                return
-            time.sleep(0.1)
-        raise RuntimeError("replicas did not sync with their masters")
+
+        def synced(client: redis.Redis) -> bool:
+            info = client.info("replication")
+            return info["role"] != "slave" or info.get("master_link_status") == "up"
+
+        self._wait_every_live_node(synced, "replicas did not sync with their masters", timeout_s)
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        self._wait_every_live_node(_state_ok, "cluster did not reach state ok", timeout_s)
 
     def wait_failed_over(self, dead: RedisProcess, timeout_s: float = 30.0) -> None:
         """Until every live node is ok and none lists `dead` as the master of a slot."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            settled = []
-            for node in self.nodes:
-                if node.process is None:
-                    continue
-                try:
-                    with redis.Redis(port=node.port) as client:
-                        ok = client.cluster("info").get("cluster_state") == "ok"
-                        masters = {int(m[1]) for _, _, m, *_ in client.cluster("slots")}
-                    settled.append(ok and dead.port not in masters)
-                except redis.RedisError:
-                    settled.append(False)
-            if settled and all(settled):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"no replica took over from port {dead.port}")
 
-    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        def taken_over(client: redis.Redis) -> bool:
+            masters = {int(m[1]) for _, _, m, *_ in client.cluster("slots")}
+            return _state_ok(client) and dead.port not in masters
+
+        self._wait_every_live_node(taken_over, f"no replica took over from {dead.port}", timeout_s)
+
+    def _wait_every_live_node(
+        self, holds: Callable[[redis.Redis], bool], failure: str, timeout_s: float
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             states = []
@@ -121,14 +110,13 @@ class RedisCluster:
                     continue
                 try:
                     with redis.Redis(port=node.port) as client:
-                        info = client.cluster("info")
-                    states.append(info.get("cluster_state") == "ok")
+                        states.append(holds(client))
                 except redis.RedisError:
                     states.append(False)
             if states and all(states):
                 return
-            time.sleep(0.2)
-        raise RuntimeError("cluster did not reach state ok")
+            time.sleep(0.1)
+        raise RuntimeError(failure)
 
     def master_of(self, key: str) -> RedisProcess:
         with redis.Redis(port=self.nodes[0].port) as client:
@@ -144,3 +132,7 @@ class RedisCluster:
         for node in self.nodes:
             node.stop()
             shutil.rmtree(node.data_dir, ignore_errors=True)
+
+
+def _state_ok(client: redis.Redis) -> bool:
+    return bool(client.cluster("info").get("cluster_state") == "ok")
