@@ -1,12 +1,15 @@
-"""A Redis Cluster master dies under load: a replica takes over, the service recovers
-by itself, and watchers converge."""
+"""A Redis Cluster master dies under load, or the whole cluster stops and comes back:
+the service answers 503 meanwhile, recovers by itself, and watchers converge."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -49,26 +52,52 @@ async def put_status(http: aiohttp.ClientSession, base: str, user: str, text: st
         return None
 
 
-async def test_master_failover_under_load(cluster, tmp_path, http) -> None:
+async def import_mesh(http: aiohttp.ClientSession, dep: Deployment, users: list[str]) -> None:
+    """Every user watches every other user."""
+    body = "\n".join(f'{{"user":"{a}","buddy":"{b}"}}' for a in users for b in users if a != b)
+    async with http.post(f"{dep.url()}/v1/import", data=body, headers=API_HEADERS) as r:
+        assert (await r.json())["imported"] == len(users) * (len(users) - 1)
+
+
+async def converge(clients: list[Client], final: dict[str, int], timeout_s: float) -> None:
+    """Every client's last version of every other user is that user's final one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        behind = [
+            (c.user, u) for c in clients for u in final
+            if u != c.user and (c.last(u) or {}).get("version") != final[u]
+        ]  # fmt: skip
+        if not behind:
+            return
+        assert time.monotonic() < deadline, f"{len(behind)} pairs behind: {behind[:5]}"
+        await asyncio.sleep(0.1)
+
+
+@contextlib.contextmanager
+def deployed(tmp_path: Path, cluster: RedisCluster, roles: tuple[str, ...]) -> Iterator[Deployment]:
+    """Service processes on `cluster` and a SQLite file, stopped on the way out."""
     dep = Deployment(
         tmp_path, cluster.url, f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
         node_ttl_s=10, offline_grace_s=2,
     )  # fmt: skip
     dep.migrate()
     try:
-        for role in ("node", "node", "worker", "worker"):
+        for role in roles:
             dep.add(role)
-        await run_failover(dep, cluster, http)
+        yield dep
     finally:
         dep.stop()
+
+
+async def test_master_failover_under_load(cluster, tmp_path, http) -> None:
+    with deployed(tmp_path, cluster, ("node", "node", "worker", "worker")) as dep:
+        await run_failover(dep, cluster, http)
 
 
 async def run_failover(dep: Deployment, cluster: RedisCluster, http) -> None:
     REFUSALS.clear()
     users = [f"f{n}" for n in range(10)]
-    body = "\n".join(f'{{"user":"{a}","buddy":"{b}"}}' for a in users for b in users if a != b)
-    async with http.post(f"{dep.url()}/v1/import", data=body, headers=API_HEADERS) as r:
-        assert (await r.json())["imported"] == 90
+    await import_mesh(http, dep, users)
     clients = [await Client.connect(http, dep.url(n % 2), u) for n, u in enumerate(users)]
     acked: dict[str, int] = {}
     stop = asyncio.Event()
@@ -122,17 +151,58 @@ async def run_failover(dep: Deployment, cluster: RedisCluster, http) -> None:
         final[user] = current
     print(f"acked changes lost in the failover: {lost}")
 
-    deadline = time.monotonic() + 30
-    while True:
-        behind = [
-            (c.user, u) for c in clients for u in users
-            if u != c.user and (c.last(u) or {}).get("version") != final[u]
-        ]  # fmt: skip
-        if not behind:
-            break
-        assert time.monotonic() < deadline, f"{len(behind)} pairs behind: {behind[:5]}"
-        await asyncio.sleep(0.2)
+    await converge(clients, final, timeout_s=30)
     assert all(p.running for p in dep.nodes + dep.workers)
     for client in clients:
         assert client.close_code is None
+        await client.close()
+
+
+@pytest.fixture
+def bare_cluster():
+    made = RedisCluster(masters=3, replicas=0).start()
+    yield made
+    made.stop()
+
+
+async def test_whole_cluster_down_and_back(bare_cluster, tmp_path, http) -> None:
+    with deployed(tmp_path, bare_cluster, ("node", "node", "worker")) as dep:
+        await run_outage(dep, bare_cluster, http)
+
+
+async def run_outage(dep: Deployment, cluster: RedisCluster, http) -> None:
+    REFUSALS.clear()
+    users = [f"w{n}" for n in range(6)]
+    await import_mesh(http, dep, users)
+    for user in users:
+        assert await put_status(http, dep.url(), user, "before") is not None
+    # Every server stops (their appendonly files keep the data) and comes back.
+    for node in cluster.nodes:
+        node.stop()
+    for n in range(20):
+        assert await put_status(http, dep.url(n % 2), users[0], "during") is None
+        await asyncio.sleep(0.05)
+    for node in cluster.nodes:
+        node.start()
+    await asyncio.to_thread(cluster.wait_ok, 30)
+    back_at = time.monotonic()
+    final: dict[str, int] = {}
+    for n, user in enumerate(users):
+        while (version := await put_status(http, dep.url(n % 2), user, "after")) is None:
+            waited = time.monotonic() - back_at
+            assert waited < RECOVERY_LIMIT_S, f"no write accepted in {waited:.0f} s\n{dep.logs()}"
+            await asyncio.sleep(0.1)
+        final[user] = version
+    print(f"\nwrites accepted again {time.monotonic() - back_at:.1f}s after the cluster was ok")
+    print(f"writes refused meanwhile, by HTTP status: {dict(REFUSALS)}")
+    assert set(REFUSALS) <= {503}, REFUSALS
+    # Sessions opened now get every change made after, on either node.
+    clients = [await Client.connect(http, dep.url(n % 2), u) for n, u in enumerate(users)]
+    for n, user in enumerate(users):
+        version = await put_status(http, dep.url(n % 2), user, "final")
+        assert version is not None and version > final[user]
+        final[user] = version
+    await converge(clients, final, timeout_s=10)
+    assert all(p.running for p in dep.nodes + dep.workers)
+    for client in clients:
         await client.close()
