@@ -13,21 +13,13 @@ from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-# A cluster answers CLUSTERDOWN or TRYAGAIN while a master's slots have none, and the
-# client finds no node for a slot, or (redis-py 8) none it can reach: Redis is down
-# for those keys, as when a single server is.
-_CLUSTER_DOWN = tuple(
-    getattr(redis_errors, name)
-    for name in (
-        "ClusterDownError",
-        "TryAgainError",
-        "SlotNotCoveredError",
-        "RedisClusterUnreachableError",
-    )
-    if hasattr(redis_errors, name)
+# redis-py 8 raises this when no cluster node answers; older versions have no such class.
+_CLUSTER_UNREACHABLE: type[Exception] = getattr(
+    redis_errors, "RedisClusterUnreachableError", ClusterDownError
 )
 
 REDIS_DOWN: tuple[type[Exception], ...] = (
@@ -35,7 +27,12 @@ REDIS_DOWN: tuple[type[Exception], ...] = (
     RedisTimeoutError,
     ConnectionError,
     OSError,
-    *_CLUSTER_DOWN,
+    # A cluster answers CLUSTERDOWN (or TRYAGAIN) while some slots have no master, and the
+    # client may know no node for a slot: Redis is down for those keys.
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    _CLUSTER_UNREACHABLE,
 )
 """Exceptions that mean Redis is unreachable right now (answered as `unavailable`)."""
 
