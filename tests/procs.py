@@ -289,3 +289,28 @@ def stalled_client(base_url: str, user: str, recv_buffer: int = 4096) -> socket.
     if not head.startswith(b"HTTP/1.1 101"):
         raise ConnectionError(head.decode(errors="replace"))
     return sock
+
+
+async def mesh(http: aiohttp.ClientSession, dep: Deployment, users: list[str]) -> None:
+    """Every user watches every other user."""
+    lines = [orjson.dumps({"user": a, "buddy": b}).decode() for a in users for b in users if a != b]
+    async with http.post(f"{dep.url()}/v1/import", data="\n".join(lines), headers=API_HEADERS) as r:
+        assert (await r.json())["imported"] == len(lines)
+
+
+async def converge(clients: list[Client], acked: dict[str, int], timeout_s: float) -> None:
+    """Every client's last version of every other user equals that user's last ack."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        behind = [
+            (c.user, u, (c.last(u) or {}).get("version"), v)
+            for c in clients
+            for u, v in acked.items()
+            if u != c.user and (c.last(u) or {}).get("version") != v
+        ]
+        if not behind:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"{len(behind)} (watcher, subject) pairs behind: {behind[:5]}")
+        await asyncio.sleep(0.2)

@@ -16,7 +16,7 @@ import pytest
 
 from service import keys
 from tests.cluster import RedisCluster
-from tests.procs import API_HEADERS, Client, Deployment
+from tests.procs import API_HEADERS, Client, Deployment, converge, mesh
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -52,25 +52,16 @@ async def put_status(http: aiohttp.ClientSession, base: str, user: str, text: st
         return None
 
 
-async def import_mesh(http: aiohttp.ClientSession, dep: Deployment, users: list[str]) -> None:
-    """Every user watches every other user."""
-    body = "\n".join(f'{{"user":"{a}","buddy":"{b}"}}' for a in users for b in users if a != b)
-    async with http.post(f"{dep.url()}/v1/import", data=body, headers=API_HEADERS) as r:
-        assert (await r.json())["imported"] == len(users) * (len(users) - 1)
-
-
-async def converge(clients: list[Client], final: dict[str, int], timeout_s: float) -> None:
-    """Every client's last version of every other user is that user's final one."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        behind = [
-            (c.user, u) for c in clients for u in final
-            if u != c.user and (c.last(u) or {}).get("version") != final[u]
-        ]  # fmt: skip
-        if not behind:
-            return
-        assert time.monotonic() < deadline, f"{len(behind)} pairs behind: {behind[:5]}"
+async def put_when_back(
+    http: aiohttp.ClientSession, dep: Deployment, node: int, user: str, text: str, since: float
+) -> int:
+    """`put_status` until a write is accepted; refusing for `RECOVERY_LIMIT_S` after `since`
+    means stuck."""
+    while (version := await put_status(http, dep.url(node), user, text)) is None:
+        waited = time.monotonic() - since
+        assert waited < RECOVERY_LIMIT_S, f"no write accepted in {waited:.0f} s\n{dep.logs()}"
         await asyncio.sleep(0.1)
+    return version
 
 
 @contextlib.contextmanager
@@ -97,7 +88,7 @@ async def test_master_failover_under_load(cluster, tmp_path, http) -> None:
 async def run_failover(dep: Deployment, cluster: RedisCluster, http) -> None:
     REFUSALS.clear()
     users = [f"f{n}" for n in range(10)]
-    await import_mesh(http, dep, users)
+    await mesh(http, dep, users)
     clients = [await Client.connect(http, dep.url(n % 2), u) for n, u in enumerate(users)]
     acked: dict[str, int] = {}
     stop = asyncio.Event()
@@ -119,14 +110,8 @@ async def run_failover(dep: Deployment, cluster: RedisCluster, http) -> None:
     victim.stop(kill=True)
     # Wait for a replica to take over, then keep the load on a little longer.
     await asyncio.to_thread(cluster.wait_failed_over, victim, 30)
-    recovered = None
-    while recovered is None:
-        if await put_status(http, dep.url(), users[0], "probe") is not None:
-            recovered = time.monotonic() - killed_at
-        else:
-            waited = time.monotonic() - killed_at
-            assert waited < RECOVERY_LIMIT_S, f"no write accepted in {waited:.0f} s\n{dep.logs()}"
-            await asyncio.sleep(0.1)
+    await put_when_back(http, dep, 0, users[0], "probe", since=killed_at)
+    recovered = time.monotonic() - killed_at
     await asyncio.sleep(2.0)
     stop.set()
     await asyncio.gather(*loaders)
@@ -173,7 +158,7 @@ async def test_whole_cluster_down_and_back(bare_cluster, tmp_path, http) -> None
 async def run_outage(dep: Deployment, cluster: RedisCluster, http) -> None:
     REFUSALS.clear()
     users = [f"w{n}" for n in range(6)]
-    await import_mesh(http, dep, users)
+    await mesh(http, dep, users)
     for user in users:
         assert await put_status(http, dep.url(), user, "before") is not None
     # Every server stops (their appendonly files keep the data) and comes back.
@@ -188,11 +173,7 @@ async def run_outage(dep: Deployment, cluster: RedisCluster, http) -> None:
     back_at = time.monotonic()
     final: dict[str, int] = {}
     for n, user in enumerate(users):
-        while (version := await put_status(http, dep.url(n % 2), user, "after")) is None:
-            waited = time.monotonic() - back_at
-            assert waited < RECOVERY_LIMIT_S, f"no write accepted in {waited:.0f} s\n{dep.logs()}"
-            await asyncio.sleep(0.1)
-        final[user] = version
+        final[user] = await put_when_back(http, dep, n % 2, user, "after", since=back_at)
     print(f"\nwrites accepted again {time.monotonic() - back_at:.1f}s after the cluster was ok")
     print(f"writes refused meanwhile, by HTTP status: {dict(REFUSALS)}")
     assert set(REFUSALS) <= {503}, REFUSALS

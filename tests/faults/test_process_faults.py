@@ -8,20 +8,12 @@ import signal
 import time
 
 import aiohttp
-import orjson
 import pytest
 import redis
 
-from tests.procs import API_HEADERS, Client, Deployment
+from tests.procs import API_HEADERS, Client, converge, mesh
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def mesh(http: aiohttp.ClientSession, dep: Deployment, users: list[str]) -> None:
-    """Every user watches every other user."""
-    lines = [orjson.dumps({"user": a, "buddy": b}).decode() for a in users for b in users if a != b]
-    async with http.post(f"{dep.url()}/v1/import", data="\n".join(lines), headers=API_HEADERS) as r:
-        assert (await r.json())["imported"] == len(lines)
 
 
 async def put_status(http: aiohttp.ClientSession, base: str, user: str, text: str) -> int:
@@ -30,24 +22,6 @@ async def put_status(http: aiohttp.ClientSession, base: str, user: str, text: st
     ) as reply:
         assert reply.status == 200, await reply.text()
         return int((await reply.json())["version"])
-
-
-async def converge(clients: list[Client], acked: dict[str, int], timeout_s: float) -> None:
-    """Every client's last version of every other user equals that user's last ack."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        behind = [
-            (c.user, u, (c.last(u) or {}).get("version"), v)
-            for c in clients
-            for u, v in acked.items()
-            if u != c.user and (c.last(u) or {}).get("version") != v
-        ]
-        if not behind:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"{len(behind)} (watcher, subject) pairs behind: {behind[:5]}")
-        await asyncio.sleep(0.2)
 
 
 async def test_worker_sigkill_mid_burst_loses_nothing(make_deployment, http) -> None:
